@@ -1,0 +1,3 @@
+"""sslax: self-supervised visual representation learning in JAX."""
+
+__version__ = "0.1.0"
