@@ -1,0 +1,19 @@
+"""Self-supervised methods, one small module each.
+
+A method module exposes ``make(config) -> Method``: pure functions to initialise a state
+pytree, to take one training step, and to encode images for evaluation. The training loop
+(:mod:`sslax.train`) knows nothing else about a method.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+METHODS = ("simclr",)
+
+
+def get(name: str):
+  """The module implementing method ``name``."""
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+  return importlib.import_module(f"sslax.methods.{name}")
