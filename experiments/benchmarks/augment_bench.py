@@ -119,7 +119,7 @@ def main() -> None:
 
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
           f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    print("| output px | input px | sslax batch | sslax views/s | PIL views/s (1 process) | ratio |")
+    print("| output px | input px | sslax batch | sslax views/s | PIL views/s, 1 process | ratio |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
         side = INPUT_SIDE.get(size, size)
