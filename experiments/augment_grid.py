@@ -38,11 +38,9 @@ def builtin_images(count: int) -> tuple[str, np.ndarray]:
     except ImportError:
         rng = np.random.default_rng(0)
         coarse = rng.integers(0, 256, (count, 8, 8, 3), dtype=np.uint8)
-        images = np.stack([
-            np.asarray(Image.fromarray(c).resize((BUILTIN_SIZE,) * 2, Image.Resampling.BICUBIC))
-            for c in coarse
-        ])  # fmt: skip
-        return "synthetic", images
+        resize = Image.Resampling.BICUBIC
+        images = [Image.fromarray(c).resize((BUILTIN_SIZE,) * 2, resize) for c in coarse]
+        return "synthetic", np.stack([np.asarray(img) for img in images])
     images, _ = shapes.load("test", image_size=BUILTIN_SIZE)
     return "shapes", images[:count]
 

@@ -752,19 +752,26 @@ def augment_view(key: jax.Array, img: jax.Array, view: ViewRecipe) -> jax.Array:
 # --------------------------------------------------------------------------------------
 
 
+# The ViewRecipe fields whose zeroness leaves an op out of apply_view's graph.
+_GRAPH_SWITCHES = (
+    "jitter_prob",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "grayscale_prob",
+    "blur_prob",
+    "solarize_prob",
+)
+
+
 def _merge(views: Sequence[ViewRecipe]) -> ViewRecipe:
     """A view whose graph includes every op any of ``views`` may apply.
 
     Views of one size share one ``vmap``-ed graph (one copy to compile instead of ten for
     DINO); an op a view never applies gets ``False`` gates from its own sampler.
     """
-    merged = {
-        name: max(getattr(v, name) for v in views)
-        for name in (
-            "jitter_prob", "brightness", "contrast", "saturation", "hue",
-            "grayscale_prob", "blur_prob", "solarize_prob",
-        )
-    }  # fmt: skip
+    merged = {name: max(getattr(v, name) for v in views) for name in _GRAPH_SWITCHES}
     return dataclasses.replace(views[0], **merged)
 
 
