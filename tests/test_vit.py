@@ -160,17 +160,21 @@ def test_local_crop_on_model_initialised_at_224():
     assert params["pos_embedding"].shape == (1, 197, 32)
     h = _apply(model, {"params": params}, crops)
     assert h.shape == (2, 32) and np.all(np.isfinite(h))
-    # Same as a model built for 96 px whose table is the CLS entry plus the resized 14x14 grid:
-    # the CLS position is not interpolated and patch order matches the grid's row-major order.
+    # Same as a model built for 96 px whose table is the CLS entry plus the resized 14x14 grid
+    # (the CLS position is carried over, not interpolated).
     pos = params["pos_embedding"][0]
     small_pos = jnp.concatenate([pos[:1], interpolate_pos_embedding(pos[1:], (6, 6))])[None]
     model96 = model.clone(image_size=96)
     h96 = _apply(model96, {"params": {**params, "pos_embedding": small_pos}}, crops)
     np.testing.assert_allclose(h, h96, atol=1e-5)
-    # Non-square inputs get a non-square grid.
-    wide = jax.ShapeDtypeStruct((2, 96, 224, 3), jnp.float32)
-    out = jax.eval_shape(lambda x: model.apply({"params": params}, x, train=False), wide)
-    assert out.shape == (2, 32)
+    # Non-square inputs get a non-square grid, (rows, columns) = (6, 10) for 96 x 160 px.
+    wide = _images(2, 160)[:, :96]
+    h, state = jax.jit(functools.partial(model.apply, train=False, mutable=["intermediates"]))(
+        {"params": params}, wide)
+    assert h.shape == (2, 32) and np.all(np.isfinite(h))
+    (used,) = state["intermediates"]["pos_embedding"]
+    expected = jnp.concatenate([pos[:1], interpolate_pos_embedding(pos[1:], (6, 10))])
+    np.testing.assert_allclose(used, expected, atol=1e-6)
 
 
 def test_bfloat16_compute_float32_params(tiny_variables):

@@ -151,6 +151,7 @@ class ViT(nn.Module):
         pos = self.param("pos_embedding", _init, (1, 1 + ref * ref, self.hidden_dim),
                          jnp.float32)
         pos = jnp.concatenate([pos[0, :1], interpolate_pos_embedding(pos[0, 1:], grid)])
+        self.sow("intermediates", "pos_embedding", pos)  # kept only if 'intermediates' mutable
         x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.hidden_dim)).astype(x.dtype),
                              x], axis=1)
         x = x + pos[None].astype(x.dtype)
