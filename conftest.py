@@ -2,6 +2,7 @@
 
 The device count must be fixed before JAX initialises its backend, hence at import time here.
 """
+
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -12,6 +12,7 @@ with a one-line error and exit code 2, before anything is compiled or written.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import pathlib
@@ -23,346 +24,424 @@ from ml_collections import config_flags
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "experiments/configs/simclr.py"
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(DEFAULT_CONFIG), "Config file (a get_config() module).", lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run folder; default: a new folder under ./runs/.")
-
 
 class ConfigError(ValueError):
-  """A config that cannot run; reported as one line with exit code 2."""
+    """A config that cannot run; reported as one line with exit code 2."""
 
 
 def validate_config(config, *, num_devices: int) -> None:
-  """Raises ConfigError on the first config value that cannot work. Compiles nothing."""
-  from sslax import methods, models, optim
-  from sslax.data import pipeline
+    """Raises ConfigError on the first config value that cannot work. Compiles nothing."""
+    from sslax import methods, models, optim
+    from sslax.data import pipeline
 
-  def need(ok: bool, message: str):
-    if not ok:
-      raise ConfigError(message)
+    def need(ok: bool, message: str):
+        if not ok:
+            raise ConfigError(message)
 
-  need(config.method in methods.METHODS,
-       f"unknown method {config.method!r}; choose one of {', '.join(methods.METHODS)}")
-  need(config.model in models.MODELS,
-       f"unknown model {config.model!r}; choose one of {', '.join(models.MODELS)}")
-  try:
-    pipeline.check_dataset_name(config.dataset)
-  except pipeline.DatasetError as e:
-    raise ConfigError(str(e)) from None
-  need(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
-  need(config.batch_size % num_devices == 0,
-       f"batch_size {config.batch_size} does not divide by the {num_devices} devices")
-  need(config.total_steps > 0, f"total_steps must be positive, got {config.total_steps}")
-  need(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
-  need(config.temperature > 0, f"temperature must be positive, got {config.temperature}")
-  need(config.optimizer in optim.OPTIMIZERS,
-       f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(optim.OPTIMIZERS)}")
-  need(config.lr_scaling in optim.LR_RULES,
-       f"unknown lr_scaling {config.lr_scaling!r}; choose one of {', '.join(optim.LR_RULES)}")
-  need(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
-  need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
-  need(config.image_size >= 8, f"image_size must be at least 8, got {config.image_size}")
-  need(config.width > 0, f"width must be positive, got {config.width}")
-  need(0 < config.crop_min_scale <= 1,
-       f"crop_min_scale must be in (0, 1], got {config.crop_min_scale}")
-  need(config.augment_strength >= 0,
-       f"augment_strength must be >= 0, got {config.augment_strength}")
-  for name in ("log_every", "checkpoint_every", "knn_k", "proj_dim", "proj_hidden_dim"):
-    need(config[name] > 0, f"{name} must be positive, got {config[name]}")
-  need(config.eval_every >= 0, f"eval_every must be >= 0 (0: at the end), got {config.eval_every}")
+    need(
+        config.method in methods.METHODS,
+        f"unknown method {config.method!r}; choose one of {', '.join(methods.METHODS)}",
+    )
+    need(
+        config.model in models.MODELS,
+        f"unknown model {config.model!r}; choose one of {', '.join(models.MODELS)}",
+    )
+    try:
+        pipeline.check_dataset_name(config.dataset)
+    except pipeline.DatasetError as e:
+        raise ConfigError(str(e)) from None
+    need(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
+    need(
+        config.batch_size % num_devices == 0,
+        f"batch_size {config.batch_size} does not divide by the {num_devices} devices",
+    )
+    need(config.total_steps > 0, f"total_steps must be positive, got {config.total_steps}")
+    need(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
+    need(config.temperature > 0, f"temperature must be positive, got {config.temperature}")
+    need(
+        config.optimizer in optim.OPTIMIZERS,
+        f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(optim.OPTIMIZERS)}",
+    )
+    need(
+        config.lr_scaling in optim.LR_RULES,
+        f"unknown lr_scaling {config.lr_scaling!r}; choose one of {', '.join(optim.LR_RULES)}",
+    )
+    need(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
+    need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
+    need(config.image_size >= 8, f"image_size must be at least 8, got {config.image_size}")
+    need(config.width > 0, f"width must be positive, got {config.width}")
+    need(
+        0 < config.crop_min_scale <= 1,
+        f"crop_min_scale must be in (0, 1], got {config.crop_min_scale}",
+    )
+    need(
+        config.augment_strength >= 0,
+        f"augment_strength must be >= 0, got {config.augment_strength}",
+    )
+    if config.model.startswith("vit"):
+        need(
+            config.patch_size > 0 and config.image_size % config.patch_size == 0,
+            f"image_size {config.image_size} does not divide by patch_size {config.patch_size}",
+        )
+    for name in ("log_every", "checkpoint_every", "knn_k", "proj_dim", "proj_hidden_dim"):
+        need(config[name] > 0, f"{name} must be positive, got {config[name]}")
+    need(
+        config.eval_every >= 0, f"eval_every must be >= 0 (0: at the end), got {config.eval_every}"
+    )
 
 
 def params_checksum(params) -> str:
-  """SHA-256 over the parameters' bytes in tree order: equal only for bit-identical runs."""
-  import jax
-  import numpy as np
+    """SHA-256 over the parameters' bytes in tree order: equal only for bit-identical runs."""
+    import jax
+    import numpy as np
 
-  digest = hashlib.sha256()
-  for leaf in jax.tree.leaves(jax.device_get(params)):
-    digest.update(np.ascontiguousarray(leaf).tobytes())
-  return digest.hexdigest()
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(params)):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
 
 
 def _fmt_duration(seconds: float) -> str:
-  return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
 
 
 class _Logger:
-  """metrics.jsonl, TensorBoard and stdout; silent on every process but 0."""
+    """metrics.jsonl, TensorBoard and stdout; silent on every process but 0."""
 
-  def __init__(self, workdir: pathlib.Path, active: bool):
-    self.active = active
-    self.history: list[dict] = []
-    if active:
-      from tensorboardX import SummaryWriter
+    def __init__(self, workdir: pathlib.Path, active: bool):
+        self.active = active
+        self.history: list[dict] = []
+        if active:
+            from tensorboardX import SummaryWriter
 
-      self._jsonl = open(workdir / "metrics.jsonl", "a")
-      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            self._jsonl = open(workdir / "metrics.jsonl", "a")
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
-  def write(self, step: int, metrics: dict[str, float]):
-    record = {"step": step, **metrics}
-    self.history.append(record)
-    if not self.active:
-      return
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
-    for name, value in metrics.items():
-      self._tb.add_scalar(name, value, step)
-    self._tb.flush()
+    def write(self, step: int, metrics: dict[str, float]):
+        record = {"step": step, **metrics}
+        self.history.append(record)
+        if not self.active:
+            return
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for name, value in metrics.items():
+            self._tb.add_scalar(name, value, step)
+        self._tb.flush()
 
-  def print(self, *args):
-    if self.active:
-      print(*args, flush=True)
+    def print(self, *args):
+        if self.active:
+            print(*args, flush=True)
 
-  def close(self):
-    if self.active:
-      self._jsonl.close()
-      self._tb.close()
+    def close(self):
+        if self.active:
+            self._jsonl.close()
+            self._tb.close()
 
 
 def _plot(history: list[dict], path: pathlib.Path):
-  import matplotlib
+    import matplotlib
 
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-  names = [n for n in ("loss", "embedding_std", "knn_top1", "learning_rate")
-           if any(n in r for r in history)]
-  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
-  for ax, name in zip(axes if len(names) > 1 else [axes], names):
-    points = [(r["step"], r[name]) for r in history if name in r]
-    ax.plot(*zip(*points), marker="o" if len(points) < 10 else None)
-    ax.set_title(name)
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+    names = [
+        n
+        for n in ("loss", "embedding_std", "knn_top1", "learning_rate")
+        if any(n in r for r in history)
+    ]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
+    for ax, name in zip(axes if len(names) > 1 else [axes], names):
+        points = [(r["step"], r[name]) for r in history if name in r]
+        ax.plot(*zip(*points), marker="o" if len(points) < 10 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
-  """Pretrains ``config.method`` in ``workdir``, resuming from its newest checkpoint if any.
+    """Pretrains ``config.method`` in ``workdir``, resuming from its newest checkpoint if any.
 
-  Returns the results dict also written to ``workdir/results.json``.
-  """
-  import jax
-  import numpy as np
-  import orbax.checkpoint as ocp
-  from jax.sharding import NamedSharding, PartitionSpec as P
+    Returns the results dict also written to ``workdir/results.json``.
+    """
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from jax.sharding import NamedSharding, PartitionSpec as P
 
-  from sslax import diagnostics, eval as sslax_eval, methods
-  from sslax.data import pipeline
+    from sslax import diagnostics, eval as sslax_eval, methods
+    from sslax.data import pipeline
 
-  start_time = time.time()
-  workdir = pathlib.Path(workdir).resolve()
-  is_chief = jax.process_index() == 0
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
-  replicated = NamedSharding(mesh, P())
-  data_sharding = NamedSharding(mesh, P("data"))
+    start_time = time.time()
+    workdir = pathlib.Path(workdir).resolve()
+    is_chief = jax.process_index() == 0
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated = NamedSharding(mesh, P())
+    data_sharding = NamedSharding(mesh, P("data"))
 
-  method = methods.get(config.method).make(config)
-  data_dir = config.data_dir or None
-  train_source = pipeline.get_source(config.dataset, config.train_split,
-                                     image_size=config.image_size, data_dir=data_dir)
-  test_source = pipeline.get_source(config.dataset, config.eval_split,
-                                    image_size=config.image_size, data_dir=data_dir)
+    method = methods.get(config.method).make(config)
+    data_dir = config.data_dir or None
+    train_source = pipeline.get_source(
+        config.dataset, config.train_split, image_size=config.image_size, data_dir=data_dir
+    )
+    test_source = pipeline.get_source(
+        config.dataset, config.eval_split, image_size=config.image_size, data_dir=data_dir
+    )
 
-  workdir.mkdir(parents=True, exist_ok=True)
-  if is_chief:
-    (workdir / "config.json").write_text(config.to_json(indent=2))
-  log = _Logger(workdir, is_chief)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if is_chief:
+        (workdir / "config.json").write_text(config.to_json(indent=2))
+    log = _Logger(workdir, is_chief)
 
-  rng = jax.random.key(config.seed)
-  init_key, step_key = jax.random.split(rng)
-  sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)
-  init_state = jax.jit(method.init, out_shardings=replicated)(init_key, sample)
-  state_shardings = jax.tree.map(lambda _: replicated, init_state)
+    rng = jax.random.key(config.seed)
+    init_key, step_key = jax.random.split(rng)
+    sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)
+    init_state = jax.jit(method.init, out_shardings=replicated)(init_key, sample)
+    state_shardings = jax.tree.map(lambda _: replicated, init_state)
 
-  encode = jax.jit(method.encode, in_shardings=(state_shardings, data_sharding))
-  knn_train = pipeline.split_arrays(train_source, max_examples=config.knn_train_examples)
-  knn_test = pipeline.split_arrays(test_source, max_examples=config.knn_test_examples)
-  eval_batch = max(jax.device_count(), 1024 // jax.device_count() * jax.device_count())
+    encode = jax.jit(method.encode, in_shardings=(state_shardings, data_sharding))
+    knn_train = pipeline.split_arrays(train_source, max_examples=config.knn_train_examples)
+    knn_test = pipeline.split_arrays(test_source, max_examples=config.knn_test_examples)
+    eval_batch = max(jax.device_count(), 1024 // jax.device_count() * jax.device_count())
 
-  def evaluate(state) -> dict[str, float]:
-    def forward(x):
-      return encode(state, x)
+    def evaluate(state) -> dict[str, float]:
+        def forward(x):
+            return encode(state, x)
 
-    h_train, _ = sslax_eval.extract_features(forward, knn_train[0], batch_size=eval_batch,
-                                             sharding=data_sharding)
-    h_test, z_test = sslax_eval.extract_features(forward, knn_test[0], batch_size=eval_batch,
-                                                 sharding=data_sharding)
-    return {
-        "knn_top1": sslax_eval.knn_top1(h_train, knn_train[1], h_test, knn_test[1],
-                                        k=config.knn_k, temperature=config.knn_temperature),
-        "eval_embedding_std": float(diagnostics.embedding_std(z_test)),
-    }
+        h_train, _ = sslax_eval.extract_features(
+            forward, knn_train[0], batch_size=eval_batch, sharding=data_sharding
+        )
+        h_test, z_test = sslax_eval.extract_features(
+            forward, knn_test[0], batch_size=eval_batch, sharding=data_sharding
+        )
+        return {
+            "knn_top1": sslax_eval.knn_top1(
+                h_train,
+                knn_train[1],
+                h_test,
+                knn_test[1],
+                k=config.knn_k,
+                temperature=config.knn_temperature,
+            ),
+            "eval_embedding_std": float(diagnostics.embedding_std(z_test)),
+        }
 
-  def flat_pixels(images):
-    x = images.reshape(len(images), -1).astype(np.float32)
-    return x - x.mean(axis=1, keepdims=True)
+    def flat_pixels(images):
+        x = images.reshape(len(images), -1).astype(np.float32)
+        return x - x.mean(axis=1, keepdims=True)
 
-  raw_pixels_top1 = sslax_eval.knn_top1(flat_pixels(knn_train[0]), knn_train[1],
-                                        flat_pixels(knn_test[0]), knn_test[1],
-                                        k=config.knn_k, temperature=config.knn_temperature)
-  t = time.time()
-  random_init = evaluate(init_state)
-  log.print(f"random-init network: kNN top-1 {random_init['knn_top1']:.4f} "
-            f"({time.time() - t:.0f}s)")
-
-  checkpoints = ocp.CheckpointManager(
-      workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True))
-  state = init_state
-  if checkpoints.latest_step() is not None:
-    state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(state))
-    log.print(f"resuming from the checkpoint at step {int(state.step)} in {workdir}")
-  first_step = int(state.step)
-
-  batches = pipeline.train_batches(
-      train_source, global_batch_size=config.batch_size, seed=config.seed,
-      start_step=first_step, end_step=config.total_steps,
-      process_index=jax.process_index(), process_count=jax.process_count())
-
-  def to_global(local_batch):
-    return {k: jax.make_array_from_process_local_data(data_sharding, v)
-            for k, v in local_batch.items() if k in ("image", "index")}
-
-  train_step = jax.jit(method.train_step, donate_argnums=0,
-                       in_shardings=(state_shardings, data_sharding, replicated),
-                       out_shardings=(state_shardings, replicated))
-  compile_s = 0.0
-  eval_results = {}
-  if first_step < config.total_steps:
-    first_batch = to_global(next(batches))
+    raw_pixels_top1 = sslax_eval.knn_top1(
+        flat_pixels(knn_train[0]),
+        knn_train[1],
+        flat_pixels(knn_test[0]),
+        knn_test[1],
+        k=config.knn_k,
+        temperature=config.knn_temperature,
+    )
     t = time.time()
-    train_step = train_step.lower(state, first_batch, step_key).compile()
-    compile_s = time.time() - t
-    log.print(f"compiled the train step in {compile_s:.1f}s; training steps "
-              f"{first_step}..{config.total_steps} at batch {config.batch_size} on "
-              f"{jax.device_count()} device(s)")
+    random_init = evaluate(init_state)
+    log.print(
+        f"random-init network: kNN top-1 {random_init['knn_top1']:.4f} ({time.time() - t:.0f}s)"
+    )
 
-    pending, throughput = [], []
-    interval_start, interval_first = time.time(), first_step
-    train_start = time.time()
-    step = first_step
-    global_batch = first_batch
-    while True:
-      state, metrics = train_step(state, global_batch, step_key)
-      pending.append(metrics)
-      step += 1
-      if step % config.log_every == 0 or step == config.total_steps:
-        # The only host fetch: the metrics of the interval, averaged.
-        fetched = jax.device_get(pending)
-        pending = []
-        now = time.time()
-        images_per_s = (step - interval_first) * config.batch_size / (now - interval_start)
-        throughput.append(images_per_s)
-        record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        record["images_per_s"] = images_per_s
-        if not np.isfinite(record["loss"]):
-          raise FloatingPointError(f"non-finite loss {record['loss']} at step {step}")
-        log.write(step, record)
-        eta = (config.total_steps - step) * (now - train_start) / (step - first_step)
-        log.print(f"step {step:>{len(str(config.total_steps))}}/{config.total_steps} | "
-                  f"loss {record['loss']:.4f} | emb std {record['embedding_std']:.4f} | "
-                  f"{images_per_s:,.0f} img/s | ETA {_fmt_duration(eta)}")
-        interval_start, interval_first = time.time(), step
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
-        checkpoints.save(step, args=ocp.args.StandardSave(state))
-      if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
+    checkpoints = ocp.CheckpointManager(
+        workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True)
+    )
+    state = init_state
+    if checkpoints.latest_step() is not None:
+        state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(state))
+        log.print(f"resuming from the checkpoint at step {int(state.step)} in {workdir}")
+    first_step = int(state.step)
+
+    batches = pipeline.train_batches(
+        train_source,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=first_step,
+        end_step=config.total_steps,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+    def to_global(local_batch):
+        return {
+            k: jax.make_array_from_process_local_data(data_sharding, v)
+            for k, v in local_batch.items()
+            if k in ("image", "index")
+        }
+
+    train_step = jax.jit(
+        method.train_step,
+        donate_argnums=0,
+        in_shardings=(state_shardings, data_sharding, replicated),
+        out_shardings=(state_shardings, replicated),
+    )
+    compile_s = 0.0
+    eval_results = {}
+    if first_step < config.total_steps:
+        first_batch = to_global(next(batches))
+        t = time.time()
+        train_step = train_step.lower(state, first_batch, step_key).compile()
+        compile_s = time.time() - t
+        log.print(
+            f"compiled the train step in {compile_s:.1f}s; training steps "
+            f"{first_step}..{config.total_steps} at batch {config.batch_size} on "
+            f"{jax.device_count()} device(s)"
+        )
+
+        pending, throughput = [], []
+        interval_start, interval_first = time.time(), first_step
+        train_start = time.time()
+        step = first_step
+        global_batch = first_batch
+        while True:
+            state, metrics = train_step(state, global_batch, step_key)
+            pending.append(metrics)
+            step += 1
+            if step % config.log_every == 0 or step == config.total_steps:
+                # The only host fetch: the metrics of the interval, averaged.
+                fetched = jax.device_get(pending)
+                pending = []
+                now = time.time()
+                images_per_s = (step - interval_first) * config.batch_size / (now - interval_start)
+                throughput.append(images_per_s)
+                record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                record["images_per_s"] = images_per_s
+                if not np.isfinite(record["loss"]):
+                    raise FloatingPointError(f"non-finite loss {record['loss']} at step {step}")
+                log.write(step, record)
+                eta = (config.total_steps - step) * (now - train_start) / (step - first_step)
+                log.print(
+                    f"step {step:>{len(str(config.total_steps))}}/{config.total_steps} | "
+                    f"loss {record['loss']:.4f} | emb std {record['embedding_std']:.4f} | "
+                    f"{images_per_s:,.0f} img/s | ETA {_fmt_duration(eta)}"
+                )
+                interval_start, interval_first = time.time(), step
+            if step % config.checkpoint_every == 0 or step == config.total_steps:
+                checkpoints.save(step, args=ocp.args.StandardSave(state))
+            if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
+                eval_results = evaluate(state)
+                log.write(step, eval_results)
+                log.print(f"step {step}: kNN top-1 {eval_results['knn_top1']:.4f}")
+                interval_start = time.time()  # evaluation time is not training throughput
+            if step >= config.total_steps:
+                break
+            global_batch = to_global(next(batches))
+    else:
+        log.print(f"the checkpoint is already at step {first_step} >= total_steps; evaluating it")
+        throughput = []
         eval_results = evaluate(state)
-        log.write(step, eval_results)
-        log.print(f"step {step}: kNN top-1 {eval_results['knn_top1']:.4f}")
-        interval_start = time.time()  # evaluation time is not training throughput
-      if step >= config.total_steps:
-        break
-      global_batch = to_global(next(batches))
-  else:
-    log.print(f"the checkpoint is already at step {first_step} >= total_steps; evaluating it")
-    throughput = []
-    eval_results = evaluate(state)
-  checkpoints.wait_until_finished()
-  checkpoints.close()
+    checkpoints.wait_until_finished()
+    checkpoints.close()
 
-  losses_logged = [r["loss"] for r in log.history if "loss" in r]
-  results = {
-      "method": config.method,
-      "dataset": config.dataset,
-      "model": config.model,
-      "steps": int(state.step),
-      "batch_size": config.batch_size,
-      "final_loss": losses_logged[-1] if losses_logged else None,
-      "knn_top1": eval_results["knn_top1"],
-      "knn_top1_random_init": random_init["knn_top1"],
-      "knn_top1_raw_pixels": raw_pixels_top1,
-      "embedding_std": eval_results["eval_embedding_std"],
-      "embedding_std_random_init": random_init["eval_embedding_std"],
-      "images_per_s": float(np.median(throughput)) if throughput else None,
-      "compile_s": compile_s,
-      "params_checksum": params_checksum(state.params),
-      "wall_time_s": time.time() - start_time,
-      "workdir": str(workdir),
-  }
-  if is_chief:
-    _plot(log.history, workdir / "curves.png")
-    (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-  log.close()
-  _print_summary(results, log)
-  return results
+    losses_logged = [r["loss"] for r in log.history if "loss" in r]
+    results = {
+        "method": config.method,
+        "dataset": config.dataset,
+        "model": config.model,
+        "steps": int(state.step),
+        "batch_size": config.batch_size,
+        "final_loss": losses_logged[-1] if losses_logged else None,
+        "knn_top1": eval_results["knn_top1"],
+        "knn_top1_random_init": random_init["knn_top1"],
+        "knn_top1_raw_pixels": raw_pixels_top1,
+        "embedding_std": eval_results["eval_embedding_std"],
+        "embedding_std_random_init": random_init["eval_embedding_std"],
+        "images_per_s": float(np.median(throughput)) if throughput else None,
+        "compile_s": compile_s,
+        "params_checksum": params_checksum(state.params),
+        "wall_time_s": time.time() - start_time,
+        "workdir": str(workdir),
+    }
+    if is_chief:
+        _plot(log.history, workdir / "curves.png")
+        (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    log.close()
+    _print_summary(results, log)
+    return results
 
 
 def _print_summary(results: dict, log: _Logger):
-  def fmt(value, spec):
-    return "n/a" if value is None else format(value, spec)
+    def fmt(value, spec):
+        return "n/a" if value is None else format(value, spec)
 
-  rows = [
-      ("method", results["method"]),
-      ("dataset / model", f"{results['dataset']} / {results['model']}"),
-      ("steps x batch", f"{results['steps']} x {results['batch_size']}"),
-      ("final loss", fmt(results["final_loss"], ".4f")),
-      ("kNN top-1 (held-out)", fmt(results["knn_top1"], ".4f")),
-      ("kNN top-1, random init", fmt(results["knn_top1_random_init"], ".4f")),
-      ("kNN top-1, raw pixels", fmt(results["knn_top1_raw_pixels"], ".4f")),
-      ("embedding std", f"{results['embedding_std']:.4f} (collapsed: 0)"),
-      ("images / s", fmt(results["images_per_s"], ",.0f")),
-      ("wall time", _fmt_duration(results["wall_time_s"])),
-      ("workdir", results["workdir"]),
-  ]
-  width = max(len(k) for k, _ in rows)
-  log.print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+    rows = [
+        ("method", results["method"]),
+        ("dataset / model", f"{results['dataset']} / {results['model']}"),
+        ("steps x batch", f"{results['steps']} x {results['batch_size']}"),
+        ("final loss", fmt(results["final_loss"], ".4f")),
+        ("kNN top-1 (held-out)", fmt(results["knn_top1"], ".4f")),
+        ("kNN top-1, random init", fmt(results["knn_top1_random_init"], ".4f")),
+        ("kNN top-1, raw pixels", fmt(results["knn_top1_raw_pixels"], ".4f")),
+        ("embedding std", f"{results['embedding_std']:.4f} (collapsed: 0)"),
+        ("images / s", fmt(results["images_per_s"], ",.0f")),
+        ("wall time", _fmt_duration(results["wall_time_s"])),
+        ("workdir", results["workdir"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    log.print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+
+
+def _fail(message: str) -> None:
+    print(f"sslax.train: error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, but any flag or config-override error is one line and exit code 2."""
-  try:
-    return flags.FLAGS(argv)
-  except Exception as e:  # flags.Error, and the KeyError/TypeError of config overrides
-    message = " ".join(str(e).split())
-    print(f"sslax.train: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    """absl flag parsing, but any flag or config-override error is one line and exit code 2."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as e:  # flags.Error, and the KeyError/TypeError of config overrides
+        _fail(e)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    print(f"sslax.train: error: unexpected arguments {argv[1:]}", file=sys.stderr)
-    sys.exit(2)
-  import jax
+def main(argv: list[str], config_flag, workdir_flag) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}")
+    import jax
 
-  # orbax and grain log every save and read at INFO; the progress lines are ours.
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  try:
-    validate_config(config, num_devices=jax.device_count())
-  except ConfigError as e:
-    print(f"sslax.train: error: {e}", file=sys.stderr)
-    sys.exit(2)
-  workdir = _WORKDIR.value or pathlib.Path("runs") / (
-      f"{config.method}-{config.dataset.replace(':', '_')}-"
-      f"{datetime.datetime.now():%Y%m%d-%H%M%S}")
-  train_and_evaluate(config, workdir)
+    # orbax and grain log every save and read at INFO; the progress lines are ours.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        config = config_flag.value
+        config.method  # a config file that failed to load raises only on first use
+    except Exception as e:
+        _fail(f"cannot load --config: {e}")
+    try:
+        validate_config(config, num_devices=jax.device_count())
+    except ConfigError as e:
+        _fail(e)
+    workdir = workdir_flag.value or pathlib.Path("runs") / (
+        f"{config.method}-{config.dataset.replace(':', '_')}-"
+        f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    )
+    train_and_evaluate(config, workdir)
+
+
+def run() -> None:
+    """The command line: flags are defined here, not at import, so importing has no effects."""
+    try:
+        # Loading the config file and applying --config.* overrides happens right here, when
+        # the flag is defined, so a bad override surfaces as an exception of this call.
+        config_flag = config_flags.DEFINE_config_file(
+            "config", str(DEFAULT_CONFIG), "Config file (a get_config() module).", lock_config=True
+        )
+    except (KeyError, AttributeError) as e:
+        field = str(e).strip("\"'")
+        _fail(f"unknown config field {field!r} in a --config.{field} override")
+    except Exception as e:
+        _fail(e)
+    workdir_flag = flags.DEFINE_string(
+        "workdir", None, "Run folder; default: a new folder under ./runs/."
+    )
+    app.run(
+        functools.partial(main, config_flag=config_flag, workdir_flag=workdir_flag),
+        flags_parser=_parse_flags,
+    )
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+    run()

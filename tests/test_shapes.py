@@ -8,54 +8,54 @@ from sslax.data import shapes
 
 
 def test_same_seed_same_images_other_seed_other_images():
-  a_images, a_labels = shapes.generate(64, seed=3)
-  b_images, b_labels = shapes.generate(64, seed=3)
-  c_images, _ = shapes.generate(64, seed=4)
-  np.testing.assert_array_equal(a_images, b_images)
-  np.testing.assert_array_equal(a_labels, b_labels)
-  assert np.mean(a_images != c_images) > 0.5
+    a_images, a_labels = shapes.generate(64, seed=3)
+    b_images, b_labels = shapes.generate(64, seed=3)
+    c_images, _ = shapes.generate(64, seed=4)
+    np.testing.assert_array_equal(a_images, b_images)
+    np.testing.assert_array_equal(a_labels, b_labels)
+    assert np.mean(a_images != c_images) > 0.5
 
 
 def test_chunk_size_does_not_change_labels_and_shapes_and_classes_are_balanced():
-  images, labels = shapes.generate(200, image_size=48, seed=0, chunk=50)
-  assert images.shape == (200, 48, 48, 3) and images.dtype == np.uint8
-  assert labels.dtype == np.int32
-  np.testing.assert_array_equal(np.bincount(labels), np.full(shapes.NUM_CLASSES, 20))
+    images, labels = shapes.generate(200, image_size=48, seed=0, chunk=50)
+    assert images.shape == (200, 48, 48, 3) and images.dtype == np.uint8
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(np.bincount(labels), np.full(shapes.NUM_CLASSES, 20))
 
 
 def test_nuisances_vary_within_a_class():
-  images, labels = shapes.generate(400, seed=1)
-  disks = images[labels == 0].astype(np.float32)
-  # Mean colour differs a lot between images of the same class.
-  assert disks.mean(axis=(1, 2)).std(axis=0).min() > 20
-  assert images.min() == 0 or images.max() == 255 or images.std() > 40
+    images, labels = shapes.generate(400, seed=1)
+    disks = images[labels == 0].astype(np.float32)
+    # Mean colour differs a lot between images of the same class.
+    assert disks.mean(axis=(1, 2)).std(axis=0).min() > 20
+    assert images.min() == 0 or images.max() == 255 or images.std() > 40
 
 
 def test_load_caches_and_splits_differ(tmp_path, monkeypatch):
-  monkeypatch.setenv("SSLAX_DATA_DIR", str(tmp_path))
-  monkeypatch.setattr(shapes, "SPLIT_SIZES", {"train": 300, "test": 100})
-  train_images, _ = shapes.load("train", image_size=16)
-  files = list(tmp_path.glob("*.npz"))
-  assert len(files) == 1
-  again, _ = shapes.load("train", image_size=16)
-  np.testing.assert_array_equal(train_images, again)
-  test_images, _ = shapes.load("test", image_size=16)
-  assert test_images.shape == (100, 16, 16, 3)
-  assert not any((test_images[0] == im).all() for im in train_images)
-  files[0].write_bytes(b"damaged")
-  np.testing.assert_array_equal(shapes.load("train", image_size=16)[0], train_images)
-  with pytest.raises(ValueError, match="splits"):
-    shapes.load("validation")
+    monkeypatch.setenv("SSLAX_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(shapes, "SPLIT_SIZES", {"train": 300, "test": 100})
+    train_images, _ = shapes.load("train", image_size=16)
+    files = list(tmp_path.glob("*.npz"))
+    assert len(files) == 1
+    again, _ = shapes.load("train", image_size=16)
+    np.testing.assert_array_equal(train_images, again)
+    test_images, _ = shapes.load("test", image_size=16)
+    assert test_images.shape == (100, 16, 16, 3)
+    assert not any((test_images[0] == im).all() for im in train_images)
+    files[0].write_bytes(b"damaged")
+    np.testing.assert_array_equal(shapes.load("train", image_size=16)[0], train_images)
+    with pytest.raises(ValueError, match="splits"):
+        shapes.load("validation")
 
 
 def test_raw_pixels_do_badly():
-  train_images, train_labels = shapes.generate(4000, seed=10)
-  test_images, test_labels = shapes.generate(1000, seed=11)
+    train_images, train_labels = shapes.generate(4000, seed=10)
+    test_images, test_labels = shapes.generate(1000, seed=11)
 
-  def flat(x):
-    x = x.reshape(len(x), -1).astype(np.float32)
-    return x - x.mean(axis=1, keepdims=True)
+    def flat(x):
+        x = x.reshape(len(x), -1).astype(np.float32)
+        return x - x.mean(axis=1, keepdims=True)
 
-  acc = sslax_eval.knn_top1(flat(train_images), train_labels, flat(test_images), test_labels)
-  # Chance is 0.10; shape-aware features reach far more (see README). Measured: ~0.25.
-  assert acc < 0.4, acc
+    acc = sslax_eval.knn_top1(flat(train_images), train_labels, flat(test_images), test_labels)
+    # Chance is 0.10; shape-aware features reach far more (see README). Measured: ~0.25.
+    assert acc < 0.4, acc

@@ -10,90 +10,117 @@ import pytest
 from sslax import train
 
 TINY = [
-    "--config.total_steps=4", "--config.batch_size=16", "--config.image_size=16",
-    "--config.width=0.125", "--config.proj_hidden_dim=32", "--config.proj_dim=16",
-    "--config.knn_train_examples=200", "--config.knn_test_examples=64",
-    "--config.log_every=2", "--config.checkpoint_every=2", "--config.warmup_steps=1",
+    "--config.total_steps=4",
+    "--config.batch_size=16",
+    "--config.image_size=16",
+    "--config.width=0.125",
+    "--config.proj_hidden_dim=32",
+    "--config.proj_dim=16",
+    "--config.knn_train_examples=200",
+    "--config.knn_test_examples=64",
+    "--config.log_every=2",
+    "--config.checkpoint_every=2",
+    "--config.warmup_steps=1",
 ]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("data"))
+    return str(tmp_path_factory.mktemp("data"))
 
 
 def _run(args, data_dir, **env):
-  environment = {**os.environ, "SSLAX_DATA_DIR": data_dir, "JAX_PLATFORMS": "cpu", **env}
-  return subprocess.run([sys.executable, "-m", "sslax.train", *args], capture_output=True,
-                        text=True, env=environment, timeout=600)
+    environment = {**os.environ, "SSLAX_DATA_DIR": data_dir, "JAX_PLATFORMS": "cpu", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "sslax.train", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=600,
+    )
 
 
 def _tiny_config(**overrides):
-  import importlib.util
+    import importlib.util
 
-  spec = importlib.util.spec_from_file_location("simclr_config", train.DEFAULT_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  with config.unlocked():
-    for flag in TINY:
-      key, value = flag.removeprefix("--config.").split("=")
-      config[key] = type(config[key])(value)
-    config.update(overrides)
-  return config
+    spec = importlib.util.spec_from_file_location("simclr_config", train.DEFAULT_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    with config.unlocked():
+        for flag in TINY:
+            key, value = flag.removeprefix("--config.").split("=")
+            config[key] = type(config[key])(value)
+        config.update(overrides)
+    return config
 
 
 def test_main_command_writes_every_output_and_summary(tmp_path, data_dir):
-  workdir = tmp_path / "run"
-  result = _run([f"--workdir={workdir}", *TINY], data_dir)
-  assert result.returncode == 0, result.stderr[-3000:]
-  for line in ("step 2/4", "step 4/4", "kNN top-1 (held-out)", "img/s", "ETA"):
-    assert line in result.stdout, result.stdout
-  results = json.loads((workdir / "results.json").read_text())
-  for key in ("method", "steps", "final_loss", "knn_top1", "knn_top1_random_init",
-              "embedding_std", "params_checksum"):
-    assert key in results, key
-  assert results["method"] == "simclr" and results["steps"] == 4
-  assert 0.0 <= results["knn_top1"] <= 1.0 and results["embedding_std"] > 0.01
-  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in records if "loss" in r] == [2, 4]
-  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-  assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
-  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+    workdir = tmp_path / "run"
+    result = _run([f"--workdir={workdir}", *TINY], data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in ("step 2/4", "step 4/4", "kNN top-1 (held-out)", "img/s", "ETA"):
+        assert line in result.stdout, result.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    for key in (
+        "method",
+        "steps",
+        "final_loss",
+        "knn_top1",
+        "knn_top1_random_init",
+        "embedding_std",
+        "params_checksum",
+    ):
+        assert key in results, key
+    assert results["method"] == "simclr" and results["steps"] == 4
+    assert 0.0 <= results["knn_top1"] <= 1.0 and results["embedding_std"] > 0.01
+    records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
 
 
 def test_rerun_in_the_same_workdir_resumes(tmp_path, data_dir, monkeypatch):
-  monkeypatch.setenv("SSLAX_DATA_DIR", data_dir)
-  workdir = tmp_path / "run"
-  first = train.train_and_evaluate(_tiny_config(total_steps=2), workdir)
-  assert first["steps"] == 2
-  second = train.train_and_evaluate(_tiny_config(total_steps=4), workdir)
-  assert second["steps"] == 4
-  steps = [json.loads(l)["step"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
-           if "loss" in json.loads(l)]
-  assert steps == [2, 4]
-  # Same run uninterrupted: same parameters, since batches and keys are functions of the step.
-  straight = train.train_and_evaluate(_tiny_config(total_steps=4), tmp_path / "straight")
-  assert straight["params_checksum"] == second["params_checksum"]
+    monkeypatch.setenv("SSLAX_DATA_DIR", data_dir)
+    workdir = tmp_path / "run"
+    first = train.train_and_evaluate(_tiny_config(total_steps=2), workdir)
+    assert first["steps"] == 2
+    second = train.train_and_evaluate(_tiny_config(total_steps=4), workdir)
+    assert second["steps"] == 4
+    steps = [
+        json.loads(l)["step"]
+        for l in (workdir / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(l)
+    ]
+    assert steps == [2, 4]
+    # Same run uninterrupted: same parameters, since batches and keys are functions of the step.
+    straight = train.train_and_evaluate(_tiny_config(total_steps=4), tmp_path / "straight")
+    assert straight["params_checksum"] == second["params_checksum"]
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--config.no_such_field=1", "no_such_field"),
-    ("--config.batch_size=-4", "batch_size must be positive"),
-    ("--config.dataset=no_such_data", "unknown dataset 'no_such_data'"),
-    ("--config.dataset=tfds:no_such_data", "unknown TFDS dataset"),
-    ("--config.method=simclr2", "unknown method 'simclr2'"),
-    ("--config.temperature=0", "temperature must be positive"),
-    ("--config.batch_size=lots", "batch_size"),
-    ("--no_such_flag=3", "no_such_flag"),
-])
-def test_bad_flags_fail_with_one_line_and_exit_2_before_compiling(tmp_path, data_dir, flag,
-                                                                  message):
-  workdir = tmp_path / "run"
-  result = _run([f"--workdir={workdir}", flag], data_dir, JAX_LOG_COMPILES="1")
-  assert result.returncode == 2, (result.stdout, result.stderr)
-  error_lines = [l for l in result.stderr.splitlines() if l.strip()]
-  assert len(error_lines) == 1, result.stderr
-  assert message in error_lines[0] and error_lines[0].startswith("sslax.train: error:")
-  assert not workdir.exists()
-  assert "Compiling" not in result.stderr + result.stdout
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.no_such_field=1", "no_such_field"),
+        ("--config.batch_size=-4", "batch_size must be positive"),
+        ("--config.dataset=no_such_data", "unknown dataset 'no_such_data'"),
+        ("--config.dataset=tfds:no_such_data", "unknown TFDS dataset"),
+        ("--config.method=simclr2", "unknown method 'simclr2'"),
+        ("--config.temperature=0", "temperature must be positive"),
+        ("--config.batch_size=lots", "batch_size"),
+        ("--no_such_flag=3", "no_such_flag"),
+        ("--config=/no/such/config.py", "cannot load --config"),
+    ],
+)
+def test_bad_flags_fail_with_one_line_and_exit_2_before_compiling(
+    tmp_path, data_dir, flag, message
+):
+    workdir = tmp_path / "run"
+    result = _run([f"--workdir={workdir}", flag], data_dir, JAX_LOG_COMPILES="1")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    error_lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert len(error_lines) == 1, result.stderr
+    assert message in error_lines[0] and error_lines[0].startswith("sslax.train: error:")
+    assert not workdir.exists()
+    assert "Compiling" not in result.stderr + result.stdout

@@ -24,8 +24,16 @@ import tempfile
 import numpy as np
 
 CLASS_NAMES = (
-    "disk", "square", "triangle", "star", "plus",
-    "ring", "crescent", "half_disk", "bar", "frame",
+    "disk",
+    "square",
+    "triangle",
+    "star",
+    "plus",
+    "ring",
+    "crescent",
+    "half_disk",
+    "bar",
+    "frame",
 )
 NUM_CLASSES = len(CLASS_NAMES)
 SPLIT_SIZES = {"train": 20_000, "test": 4_000}
@@ -39,180 +47,203 @@ _SUPERSAMPLE = 2  # anti-aliasing: draw at twice the size, average 2x2 blocks
 
 
 def _inside(cls: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-  """Whether object-frame points (u, v) lie inside each image's shape.
+    """Whether object-frame points (u, v) lie inside each image's shape.
 
-  Args:
-    cls: [B] class ids.
-    u, v: [B, P] coordinates in the object's frame, the shape's radius being ~1.
+    Args:
+      cls: [B] class ids.
+      u, v: [B, P] coordinates in the object's frame, the shape's radius being ~1.
 
-  Returns:
-    [B, P] float32 mask.
-  """
-  def triangle(u, v):
-    return np.all([u * np.cos(a) + v * np.sin(a) < 0.5
-                   for a in np.pi / 2 + np.arange(3) * 2 * np.pi / 3], axis=0)
+    Returns:
+      [B, P] float32 mask.
+    """
 
-  def star(u, v):  # radius oscillates between 0.42 and 1, five times around
-    turns = np.arctan2(v, u) * 5 / (2 * np.pi)
-    return np.hypot(u, v) < 0.42 + 0.58 * np.abs((turns % 1.0) * 2 - 1) ** 1.5
+    def triangle(u, v):
+        return np.all(
+            [u * np.cos(a) + v * np.sin(a) < 0.5 for a in np.pi / 2 + np.arange(3) * 2 * np.pi / 3],
+            axis=0,
+        )
 
-  def box(u, v):
-    return np.maximum(np.abs(u), np.abs(v))
+    def star(u, v):  # radius oscillates between 0.42 and 1, five times around
+        turns = np.arctan2(v, u) * 5 / (2 * np.pi)
+        return np.hypot(u, v) < 0.42 + 0.58 * np.abs((turns % 1.0) * 2 - 1) ** 1.5
 
-  shapes = {
-      0: lambda u, v: np.hypot(u, v) < 0.95,
-      1: lambda u, v: box(u, v) < 0.75,
-      2: triangle,
-      3: star,
-      4: lambda u, v: (((np.abs(u) < 0.3) & (np.abs(v) < 0.95))
-                       | ((np.abs(v) < 0.3) & (np.abs(u) < 0.95))),
-      5: lambda u, v: (np.hypot(u, v) < 0.95) & (np.hypot(u, v) > 0.55),
-      6: lambda u, v: (np.hypot(u, v) < 0.95) & (np.hypot(u - 0.5, v) > 0.75),
-      7: lambda u, v: (np.hypot(u, v + 0.4) < 0.95) & (v > -0.4),
-      8: lambda u, v: (np.abs(u) < 0.98) & (np.abs(v) < 0.32),
-      9: lambda u, v: (box(u, v) < 0.8) & (box(u, v) > 0.45),
-  }
-  out = np.zeros(u.shape, dtype=np.float32)
-  for c, inside in shapes.items():
-    sel = cls == c
-    out[sel] = inside(u[sel], v[sel])
-  return out
+    def box(u, v):
+        return np.maximum(np.abs(u), np.abs(v))
+
+    shapes = {
+        0: lambda u, v: np.hypot(u, v) < 0.95,
+        1: lambda u, v: box(u, v) < 0.75,
+        2: triangle,
+        3: star,
+        4: lambda u, v: (
+            ((np.abs(u) < 0.3) & (np.abs(v) < 0.95)) | ((np.abs(v) < 0.3) & (np.abs(u) < 0.95))
+        ),
+        5: lambda u, v: (np.hypot(u, v) < 0.95) & (np.hypot(u, v) > 0.55),
+        6: lambda u, v: (np.hypot(u, v) < 0.95) & (np.hypot(u - 0.5, v) > 0.75),
+        7: lambda u, v: (np.hypot(u, v + 0.4) < 0.95) & (v > -0.4),
+        8: lambda u, v: (np.abs(u) < 0.98) & (np.abs(v) < 0.32),
+        9: lambda u, v: (box(u, v) < 0.8) & (box(u, v) > 0.45),
+    }
+    out = np.zeros(u.shape, dtype=np.float32)
+    for c, inside in shapes.items():
+        sel = cls == c
+        out[sel] = inside(u[sel], v[sel])
+    return out
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
-  """Vectorised HSV -> RGB for arrays of equal shape; returns shape + (3,)."""
-  i = np.floor(h * 6.0).astype(np.int32) % 6
-  f = h * 6.0 - np.floor(h * 6.0)
-  p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-  choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-  rgb = np.zeros(h.shape + (3,), dtype=np.float32)
-  for k, (r, g, b) in enumerate(choices):
-    sel = i == k
-    rgb[sel] = np.stack([r[sel], g[sel], b[sel]], axis=-1)
-  return rgb
+    """Vectorised HSV -> RGB for arrays of equal shape; returns shape + (3,)."""
+    i = np.floor(h * 6.0).astype(np.int32) % 6
+    f = h * 6.0 - np.floor(h * 6.0)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    rgb = np.zeros(h.shape + (3,), dtype=np.float32)
+    for k, (r, g, b) in enumerate(choices):
+        sel = i == k
+        rgb[sel] = np.stack([r[sel], g[sel], b[sel]], axis=-1)
+    return rgb
 
 
 def _random_colour(rng: np.random.Generator, n: int) -> np.ndarray:
-  return _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.2, 1.0, n), rng.uniform(0.15, 1.0, n))
+    return _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.2, 1.0, n), rng.uniform(0.15, 1.0, n))
 
 
 def _backgrounds(rng: np.random.Generator, n: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-  """[n, P, 3] textured backgrounds: two colours mixed by a random pattern.
+    """[n, P, 3] textured backgrounds: two colours mixed by a random pattern.
 
-  The second colour is a random step away from the first, so textures range from faint to
-  strong but the object usually stays the most salient structure, as in natural photographs.
-  """
-  c1 = _random_colour(rng, n)
-  c2 = np.clip(c1 + rng.uniform(-0.35, 0.35, (n, 3)).astype(np.float32), 0, 1)
-  kind = rng.integers(0, 5, n)
-  theta = rng.uniform(0, np.pi, (n, 1)).astype(np.float32)
-  freq = rng.uniform(1.5, 5.0, (n, 1)).astype(np.float32)
-  phase = rng.uniform(0, 2 * np.pi, (n, 1)).astype(np.float32)
-  waves = rng.uniform(0, np.pi, (n, 3, 3)).astype(np.float32)  # angle, frequency, phase
-  waves[..., 1] = waves[..., 1] * (2 / np.pi) + 0.5
-  waves[..., 2] *= 2
-  mix = np.zeros((n, x.size), dtype=np.float32)
-  for k in range(1, 5):  # kind 0: flat colour
-    sel = kind == k
-    if not sel.any():
-      continue
-    t, f, ph = theta[sel], freq[sel], phase[sel]
-    along = x[None] * np.cos(t) + y[None] * np.sin(t)
-    if k == 1:  # gradient
-      mix[sel] = (along + 1) / 2
-    elif k == 2:  # stripes
-      mix[sel] = 0.5 + 0.5 * np.sin(np.pi * f * along + ph)
-    elif k == 3:  # checks
-      across = -x[None] * np.sin(t) + y[None] * np.cos(t)
-      mix[sel] = (np.floor(f * (along + 1)) + np.floor(f * (across + 1))) % 2
-    else:  # blotches: a sum of three random low-frequency waves
-      w = waves[sel]
-      mix[sel] = 0.5 + sum(np.sin(np.pi * w[:, j, 1:2] * (
-          x[None] * np.cos(w[:, j, 0:1]) + y[None] * np.sin(w[:, j, 0:1])) + w[:, j, 2:3])
-                           for j in range(3)) / 6
-  mix = np.clip(mix, 0, 1)[..., None]
-  return c1[:, None] * (1 - mix) + c2[:, None] * mix
+    The second colour is a random step away from the first, so textures range from faint to
+    strong but the object usually stays the most salient structure, as in natural photographs.
+    """
+    c1 = _random_colour(rng, n)
+    c2 = np.clip(c1 + rng.uniform(-0.35, 0.35, (n, 3)).astype(np.float32), 0, 1)
+    kind = rng.integers(0, 5, n)
+    theta = rng.uniform(0, np.pi, (n, 1)).astype(np.float32)
+    freq = rng.uniform(1.5, 5.0, (n, 1)).astype(np.float32)
+    phase = rng.uniform(0, 2 * np.pi, (n, 1)).astype(np.float32)
+    waves = rng.uniform(0, np.pi, (n, 3, 3)).astype(np.float32)  # angle, frequency, phase
+    waves[..., 1] = waves[..., 1] * (2 / np.pi) + 0.5
+    waves[..., 2] *= 2
+    mix = np.zeros((n, x.size), dtype=np.float32)
+    for k in range(1, 5):  # kind 0: flat colour
+        sel = kind == k
+        if not sel.any():
+            continue
+        t, f, ph = theta[sel], freq[sel], phase[sel]
+        along = x[None] * np.cos(t) + y[None] * np.sin(t)
+        if k == 1:  # gradient
+            mix[sel] = (along + 1) / 2
+        elif k == 2:  # stripes
+            mix[sel] = 0.5 + 0.5 * np.sin(np.pi * f * along + ph)
+        elif k == 3:  # checks
+            across = -x[None] * np.sin(t) + y[None] * np.cos(t)
+            mix[sel] = (np.floor(f * (along + 1)) + np.floor(f * (across + 1))) % 2
+        else:  # blotches: a sum of three random low-frequency waves
+            w = waves[sel]
+            mix[sel] = (
+                0.5
+                + sum(
+                    np.sin(
+                        np.pi
+                        * w[:, j, 1:2]
+                        * (x[None] * np.cos(w[:, j, 0:1]) + y[None] * np.sin(w[:, j, 0:1]))
+                        + w[:, j, 2:3]
+                    )
+                    for j in range(3)
+                )
+                / 6
+            )
+    mix = np.clip(mix, 0, 1)[..., None]
+    return c1[:, None] * (1 - mix) + c2[:, None] * mix
 
 
-def generate(num_images: int, *, image_size: int = 32, seed: int = 0,
-             chunk: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-  """Draws ``num_images`` images with balanced random classes.
+def generate(
+    num_images: int, *, image_size: int = 32, seed: int = 0, chunk: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draws ``num_images`` images with balanced random classes.
 
-  Args:
-    num_images: how many images.
-    image_size: side in pixels (square images).
-    seed: the same seed always gives the same images and labels.
-    chunk: images drawn per vectorised batch (memory knob only, does not change the output).
+    Args:
+      num_images: how many images.
+      image_size: side in pixels (square images).
+      seed: the same seed always gives the same images and labels.
+      chunk: images drawn per vectorised batch (memory knob only, does not change the output).
 
-  Returns:
-    images [num_images, image_size, image_size, 3] uint8 and labels [num_images] int32.
-  """
-  if num_images < 0 or image_size < 8:
-    raise ValueError(f"need num_images >= 0 and image_size >= 8, got {num_images}, {image_size}")
-  rng = np.random.default_rng(seed)
-  labels = rng.permutation(np.arange(num_images) % NUM_CLASSES).astype(np.int32)
-  side = image_size * _SUPERSAMPLE
-  grid = (np.arange(side, dtype=np.float32) + 0.5) / side * 2 - 1  # pixel centres in [-1, 1]
-  y, x = [a.reshape(-1) for a in np.meshgrid(grid, grid, indexing="ij")]
-  images = np.empty((num_images, image_size, image_size, 3), dtype=np.uint8)
-  for start in range(0, num_images, chunk):
-    cls = labels[start:start + chunk]
-    n = len(cls)
-    # One generator per chunk seeded from (seed, chunk index): the chunk size then only
-    # changes memory use, as long as it is kept the same for a given cache file.
-    crng = np.random.default_rng([seed, start // chunk])
-    radius = crng.uniform(*RADIUS_RANGE, (n, 1)).astype(np.float32)
-    cx, cy = [crng.uniform(-1, 1, (n, 1)).astype(np.float32) * (CENTRE_REACH - radius)
-              for _ in range(2)]
-    angle = crng.uniform(-MAX_ROTATION, MAX_ROTATION, (n, 1)).astype(np.float32)
-    dx, dy = (x[None] - cx) / radius, (y[None] - cy) / radius
-    u = dx * np.cos(angle) + dy * np.sin(angle)
-    v = -dx * np.sin(angle) + dy * np.cos(angle)
-    mask = _inside(cls, u, v)[..., None]
-    background = _backgrounds(crng, n, x, y)
-    foreground = _random_colour(crng, n)[:, None]
-    # Keep the object visible: push its brightness away from the background's mean.
-    bg_luma = background.mean(axis=(1, 2))[:, None, None]
-    fg_luma = foreground.mean(axis=2, keepdims=True)
-    gap = crng.uniform(0.25, 0.5, (n, 1, 1)) * np.where(bg_luma > 0.5, -1, 1)
-    foreground = np.clip(foreground + (bg_luma + gap - fg_luma), 0, 1)
-    img = background * (1 - mask) + foreground * mask
-    img = img.reshape(n, image_size, _SUPERSAMPLE, image_size, _SUPERSAMPLE, 3).mean(axis=(2, 4))
-    contrast = crng.uniform(0.6, 1.2, (n, 1, 1, 1))
-    brightness = crng.uniform(-0.15, 0.15, (n, 1, 1, 1))
-    img = (img - 0.5) * contrast + 0.5 + brightness
-    img = img + crng.standard_normal(img.shape, dtype=np.float32) * crng.uniform(
-        0.0, 0.06, (n, 1, 1, 1)).astype(np.float32)
-    images[start:start + n] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-  return images, labels
+    Returns:
+      images [num_images, image_size, image_size, 3] uint8 and labels [num_images] int32.
+    """
+    if num_images < 0 or image_size < 8:
+        raise ValueError(
+            f"need num_images >= 0 and image_size >= 8, got {num_images}, {image_size}"
+        )
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(num_images) % NUM_CLASSES).astype(np.int32)
+    side = image_size * _SUPERSAMPLE
+    grid = (np.arange(side, dtype=np.float32) + 0.5) / side * 2 - 1  # pixel centres in [-1, 1]
+    y, x = [a.reshape(-1) for a in np.meshgrid(grid, grid, indexing="ij")]
+    images = np.empty((num_images, image_size, image_size, 3), dtype=np.uint8)
+    for start in range(0, num_images, chunk):
+        cls = labels[start : start + chunk]
+        n = len(cls)
+        # One generator per chunk seeded from (seed, chunk index): the chunk size then only
+        # changes memory use, as long as it is kept the same for a given cache file.
+        crng = np.random.default_rng([seed, start // chunk])
+        radius = crng.uniform(*RADIUS_RANGE, (n, 1)).astype(np.float32)
+        cx, cy = [
+            crng.uniform(-1, 1, (n, 1)).astype(np.float32) * (CENTRE_REACH - radius)
+            for _ in range(2)
+        ]
+        angle = crng.uniform(-MAX_ROTATION, MAX_ROTATION, (n, 1)).astype(np.float32)
+        dx, dy = (x[None] - cx) / radius, (y[None] - cy) / radius
+        u = dx * np.cos(angle) + dy * np.sin(angle)
+        v = -dx * np.sin(angle) + dy * np.cos(angle)
+        mask = _inside(cls, u, v)[..., None]
+        background = _backgrounds(crng, n, x, y)
+        foreground = _random_colour(crng, n)[:, None]
+        # Keep the object visible: push its brightness away from the background's mean.
+        bg_luma = background.mean(axis=(1, 2))[:, None, None]
+        fg_luma = foreground.mean(axis=2, keepdims=True)
+        gap = crng.uniform(0.25, 0.5, (n, 1, 1)) * np.where(bg_luma > 0.5, -1, 1)
+        foreground = np.clip(foreground + (bg_luma + gap - fg_luma), 0, 1)
+        img = background * (1 - mask) + foreground * mask
+        img = img.reshape(n, image_size, _SUPERSAMPLE, image_size, _SUPERSAMPLE, 3).mean(
+            axis=(2, 4)
+        )
+        contrast = crng.uniform(0.6, 1.2, (n, 1, 1, 1))
+        brightness = crng.uniform(-0.15, 0.15, (n, 1, 1, 1))
+        img = (img - 0.5) * contrast + 0.5 + brightness
+        img = img + crng.standard_normal(img.shape, dtype=np.float32) * crng.uniform(
+            0.0, 0.06, (n, 1, 1, 1)
+        ).astype(np.float32)
+        images[start : start + n] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+    return images, labels
 
 
 def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("SSLAX_DATA_DIR", pathlib.Path.home() / ".cache" / "sslax"))
+    return pathlib.Path(os.environ.get("SSLAX_DATA_DIR", pathlib.Path.home() / ".cache" / "sslax"))
 
 
 def load(split: str, image_size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """Returns (images uint8 [N, S, S, 3], labels int32 [N]) of a split, from the cache if there.
+    """Returns (images uint8 [N, S, S, 3], labels int32 [N]) of a split, from the cache if there.
 
-  Args:
-    split: "train" (20,000 images) or "test" (4,000 images).
-    image_size: side in pixels.
-    seed: dataset seed; each split draws from its own stream of it.
-  """
-  if split not in SPLIT_SIZES:
-    raise ValueError(f"shapes has splits {sorted(SPLIT_SIZES)}, not {split!r}")
-  path = cache_dir() / f"shapes-v{_FORMAT_VERSION}-{split}-{image_size}px-seed{seed}.npz"
-  if path.exists():
-    try:
-      with np.load(path) as f:
-        return f["images"], f["labels"]
-    except (OSError, ValueError, KeyError):
-      pass  # a damaged cache file is regenerated below
-  images, labels = generate(SPLIT_SIZES[split], image_size=image_size,
-                            seed=seed + _SPLIT_SEED_OFFSET[split])
-  path.parent.mkdir(parents=True, exist_ok=True)
-  # Write then rename, so concurrent or interrupted runs never see a half-written file.
-  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-    np.savez(tmp, images=images, labels=labels)
-  os.replace(tmp.name, path)
-  return images, labels
+    Args:
+      split: "train" (20,000 images) or "test" (4,000 images).
+      image_size: side in pixels.
+      seed: dataset seed; each split draws from its own stream of it.
+    """
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"shapes has splits {sorted(SPLIT_SIZES)}, not {split!r}")
+    path = cache_dir() / f"shapes-v{_FORMAT_VERSION}-{split}-{image_size}px-seed{seed}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as f:
+                return f["images"], f["labels"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache file is regenerated below
+    images, labels = generate(
+        SPLIT_SIZES[split], image_size=image_size, seed=seed + _SPLIT_SEED_OFFSET[split]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so concurrent or interrupted runs never see a half-written file.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+        np.savez(tmp, images=images, labels=labels)
+    os.replace(tmp.name, path)
+    return images, labels

@@ -13,7 +13,7 @@ METHODS = ("simclr",)
 
 
 def get(name: str):
-  """The module implementing method ``name``."""
-  if name not in METHODS:
-    raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-  return importlib.import_module(f"sslax.methods.{name}")
+    """The module implementing method ``name``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return importlib.import_module(f"sslax.methods.{name}")

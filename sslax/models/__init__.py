@@ -7,29 +7,54 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sslax.models.dino_head import DINOHead, last_layer_mask
 from sslax.models.heads import MLPHead
 from sslax.models.resnet import STAGES, ResNet
+from sslax.models.vit import VIT_PRESETS, ViT, vit_from_name
 
-MODELS = tuple(STAGES)
+__all__ = [
+    "DINOHead",
+    "Encoder",
+    "MLPHead",
+    "MODELS",
+    "ResNet",
+    "ViT",
+    "backbone_from_config",
+    "last_layer_mask",
+    "vit_from_name",
+]
+
+MODELS = tuple(STAGES) + tuple(VIT_PRESETS)
 
 
 class Encoder(nn.Module):
-  """Backbone plus projection head: images -> (h, z).
+    """Backbone plus projection head: images -> (h, z).
 
-  h is the representation kept for downstream use; z is what the loss sees.
-  """
-  backbone: nn.Module
-  head: nn.Module
+    h is the representation kept for downstream use; z is what the loss sees.
+    """
 
-  @nn.compact
-  def __call__(self, images, *, train: bool):
-    h = self.backbone(images, train=train)
-    return h, self.head(h, train=train)
+    backbone: nn.Module
+    head: nn.Module
+
+    @nn.compact
+    def __call__(self, images, *, train: bool):
+        h = self.backbone(images, train=train)
+        return h, self.head(h, train=train)
 
 
-def backbone_from_config(model: str, *, width: float = 1.0, stem: str = "imagenet",
-                         dtype: Any = jnp.float32) -> nn.Module:
-  if model not in STAGES:
-    raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-  stages, block = STAGES[model]
-  return ResNet(stage_sizes=stages, block=block, width=width, stem=stem, dtype=dtype)
+def backbone_from_config(
+    model: str,
+    *,
+    width: float = 1.0,
+    stem: str = "imagenet",
+    patch_size: int = 16,
+    image_size: int = 224,
+    dtype: Any = jnp.float32,
+) -> nn.Module:
+    """A backbone by name: ResNets use ``width`` and ``stem``, ViTs ``patch_size``/``image_size``."""
+    if model in VIT_PRESETS:
+        return vit_from_name(model, patch_size=patch_size, image_size=image_size, dtype=dtype)
+    if model not in STAGES:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    stages, block = STAGES[model]
+    return ResNet(stage_sizes=stages, block=block, width=width, stem=stem, dtype=dtype)

@@ -20,28 +20,34 @@ import jax.numpy as jnp
 
 
 class MLPHead(nn.Module):
-  """Dense-BN-ReLU per hidden layer, then a last Dense (optionally followed by BN).
+    """Dense-BN-ReLU per hidden layer, then a last Dense (optionally followed by BN).
 
-  Attributes:
-    hidden_dims: widths of the hidden layers; () gives a linear head.
-    out_dim: output width.
-    output_norm: BatchNorm on the output (SimCLR v1 code, SimSiam's projector).
-    dtype: computation dtype.
-  """
-  hidden_dims: Sequence[int]
-  out_dim: int
-  output_norm: bool = False
-  dtype: Any = jnp.float32
+    Attributes:
+      hidden_dims: widths of the hidden layers; () gives a linear head.
+      out_dim: output width.
+      output_norm: BatchNorm on the output (SimCLR v1 code, SimSiam's projector).
+      dtype: computation dtype.
+    """
 
-  @nn.compact
-  def __call__(self, h, *, train: bool):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
-    x = h.astype(self.dtype)
-    for dim in self.hidden_dims:
-      x = nn.relu(norm()(nn.Dense(dim, use_bias=False, dtype=self.dtype)(x)))
-    x = nn.Dense(self.out_dim, use_bias=not self.output_norm, dtype=self.dtype)(x)
-    if self.output_norm:
-      # Centring off, as in SimCLR v1's output BN: z is L2-normalised by the loss anyway.
-      x = norm(use_bias=False)(x)
-    return x.astype(jnp.float32)
+    hidden_dims: Sequence[int]
+    out_dim: int
+    output_norm: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, *, train: bool):
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
+        x = h.astype(self.dtype)
+        for dim in self.hidden_dims:
+            x = nn.relu(norm()(nn.Dense(dim, use_bias=False, dtype=self.dtype)(x)))
+        x = nn.Dense(self.out_dim, use_bias=not self.output_norm, dtype=self.dtype)(x)
+        if self.output_norm:
+            # Centring off, as in SimCLR v1's output BN: z is L2-normalised by the loss anyway.
+            x = norm(use_bias=False)(x)
+        return x.astype(jnp.float32)

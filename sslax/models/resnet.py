@@ -29,65 +29,78 @@ STAGES = {
 
 
 class _Block(nn.Module):
-  channels: int
-  strides: int
-  bottleneck: bool
-  norm: Any
-  dtype: Any
+    channels: int
+    strides: int
+    bottleneck: bool
+    norm: Any
+    dtype: Any
 
-  @nn.compact
-  def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
-    out_channels = self.channels * (4 if self.bottleneck else 1)
-    if self.bottleneck:
-      y = nn.relu(self.norm()(conv(self.channels, (1, 1))(x)))
-      y = nn.relu(self.norm()(conv(self.channels, (3, 3), self.strides)(y)))
-      y = conv(out_channels, (1, 1))(y)
-    else:
-      y = nn.relu(self.norm()(conv(self.channels, (3, 3), self.strides)(x)))
-      y = conv(out_channels, (3, 3))(y)
-    # Zero-init the last BN scale so each residual block starts as the identity (Goyal et al.).
-    y = self.norm(scale_init=nn.initializers.zeros)(y)
-    if x.shape[-1] != out_channels or self.strides != 1:
-      x = self.norm()(conv(out_channels, (1, 1), self.strides)(x))
-    return nn.relu(x + y)
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        out_channels = self.channels * (4 if self.bottleneck else 1)
+        if self.bottleneck:
+            y = nn.relu(self.norm()(conv(self.channels, (1, 1))(x)))
+            y = nn.relu(self.norm()(conv(self.channels, (3, 3), self.strides)(y)))
+            y = conv(out_channels, (1, 1))(y)
+        else:
+            y = nn.relu(self.norm()(conv(self.channels, (3, 3), self.strides)(x)))
+            y = conv(out_channels, (3, 3))(y)
+        # Zero-init the last BN scale so each residual block starts as the identity (Goyal et al.).
+        y = self.norm(scale_init=nn.initializers.zeros)(y)
+        if x.shape[-1] != out_channels or self.strides != 1:
+            x = self.norm()(conv(out_channels, (1, 1), self.strides)(x))
+        return nn.relu(x + y)
 
 
 class ResNet(nn.Module):
-  """ResNet backbone: images [N, H, W, 3] -> pooled features h [N, C].
+    """ResNet backbone: images [N, H, W, 3] -> pooled features h [N, C].
 
-  Attributes:
-    stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
-    block: "basic" or "bottleneck".
-    width: channel multiplier (64 * width channels in the first stage).
-    stem: "imagenet" (7x7 stride 2 + max-pool) or "cifar" (3x3 stride 1, no pool).
-    dtype: computation dtype (parameters stay float32).
-  """
-  stage_sizes: Sequence[int]
-  block: str = "basic"
-  width: float = 1.0
-  stem: str = "imagenet"
-  dtype: Any = jnp.float32
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+      block: "basic" or "bottleneck".
+      width: channel multiplier (64 * width channels in the first stage).
+      stem: "imagenet" (7x7 stride 2 + max-pool) or "cifar" (3x3 stride 1, no pool).
+      dtype: computation dtype (parameters stay float32).
+    """
 
-  @nn.compact
-  def __call__(self, x, *, train: bool):
-    if self.block not in ("basic", "bottleneck"):
-      raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
-    if self.stem not in ("imagenet", "cifar"):
-      raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
-    base = max(8, int(round(64 * self.width)))
-    x = x.astype(self.dtype)
-    if self.stem == "imagenet":
-      x = nn.Conv(base, (7, 7), 2, padding=[(3, 3), (3, 3)], use_bias=False, dtype=self.dtype)(x)
-      x = nn.relu(norm()(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
-    else:
-      x = nn.Conv(base, (3, 3), 1, use_bias=False, dtype=self.dtype)(x)
-      x = nn.relu(norm()(x))
-    for i, num_blocks in enumerate(self.stage_sizes):
-      for j in range(num_blocks):
-        x = _Block(base * 2**i, 2 if (i > 0 and j == 0) else 1, self.block == "bottleneck",
-                   norm, self.dtype)(x)
-    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+    stage_sizes: Sequence[int]
+    block: str = "basic"
+    width: float = 1.0
+    stem: str = "imagenet"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        if self.block not in ("basic", "bottleneck"):
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        if self.stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
+        base = max(8, int(round(64 * self.width)))
+        x = x.astype(self.dtype)
+        if self.stem == "imagenet":
+            x = nn.Conv(
+                base, (7, 7), 2, padding=[(3, 3), (3, 3)], use_bias=False, dtype=self.dtype
+            )(x)
+            x = nn.relu(norm()(x))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        else:
+            x = nn.Conv(base, (3, 3), 1, use_bias=False, dtype=self.dtype)(x)
+            x = nn.relu(norm()(x))
+        for i, num_blocks in enumerate(self.stage_sizes):
+            for j in range(num_blocks):
+                x = _Block(
+                    base * 2**i,
+                    2 if (i > 0 and j == 0) else 1,
+                    self.block == "bottleneck",
+                    norm,
+                    self.dtype,
+                )(x)
+        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
