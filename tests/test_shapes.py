@@ -48,7 +48,7 @@ def test_load_caches_and_splits_differ(tmp_path, monkeypatch):
         shapes.load("validation")
 
 
-def test_raw_pixels_do_badly():
+def test_raw_pixels_are_far_from_solving_it():
     train_images, train_labels = shapes.generate(4000, seed=10)
     test_images, test_labels = shapes.generate(1000, seed=11)
 
@@ -57,5 +57,5 @@ def test_raw_pixels_do_badly():
         return x - x.mean(axis=1, keepdims=True)
 
     acc = sslax_eval.knn_top1(flat(train_images), train_labels, flat(test_images), test_labels)
-    # Chance is 0.10; shape-aware features reach far more (see README). Measured: ~0.25.
-    assert acc < 0.4, acc
+    # Chance is 0.10 and the shape alone determines the class. Measured: 0.354.
+    assert 0.15 < acc < 0.45, acc

@@ -4,8 +4,9 @@ Ten classes whose identity is an object's *shape*; every other factor is a nuisa
 random per image: position, scale, rotation, the object's colour
 and hue, the background's colour and texture (flat, gradient, stripes, checks or blotches),
 global brightness and contrast, and pixel noise. Those are the factors that SimCLR's crops and
-colour distortions make a network ignore, which leaves the shape. Raw pixels (kNN top-1 ~0.30
-against chance 0.10) and a randomly initialised ResNet (~0.10) do poorly on it.
+colour distortions make a network ignore, which leaves the shape. Weighted kNN top-1 on the
+held-out split (chance 0.10): a randomly initialised ResNet-18 0.11, raw pixels 0.49, the
+default 5-minute SimCLR run 0.37 (README, "Measured").
 
 No download: the images are drawn with numpy on first use (a few seconds) and cached as .npz
 under ``$SSLAX_DATA_DIR`` (default ``~/.cache/sslax``).
