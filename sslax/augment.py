@@ -236,8 +236,7 @@ def gaussian_blur(img: jax.Array, sigma: jax.Array | float, kernel_size: int) ->
         # A sum of shifted slices fuses into one loop; cheaper than a conv on CPU and
         # works with a different traced kernel per example under vmap.
         return sum(
-            taps[t] * jax.lax.slice_in_dim(padded, t, t + n, axis=axis)
-            for t in range(kernel_size)
+            taps[t] * jax.lax.slice_in_dim(padded, t, t + n, axis=axis) for t in range(kernel_size)
         )
 
     # Channels-first, the shifted slices run along long contiguous rows instead of a
@@ -699,9 +698,7 @@ def _color_jitter(img: jax.Array, params: dict[str, jax.Array], with_hue: bool) 
 
 
 @functools.partial(jax.jit, static_argnames="view")
-def apply_view(
-    img: jax.Array, params: dict[str, jax.Array], view: ViewRecipe
-) -> jax.Array:
+def apply_view(img: jax.Array, params: dict[str, jax.Array], view: ViewRecipe) -> jax.Array:
     """Applies drawn parameters to one image.
 
     Ops whose probability or strength in ``view`` is zero are left out of the graph,

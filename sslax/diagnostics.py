@@ -81,8 +81,10 @@ def alignment(z1: jax.Array, z2: jax.Array, alpha: float = 2) -> jax.Array:
     _check_embeddings(fn, "z1", z1)
     _check_embeddings(fn, "z2", z2)
     if jnp.shape(z1) != jnp.shape(z2):
-        raise ValueError(f"{fn}: z1 and z2 must have the same shape, got z1 {jnp.shape(z1)} "
-                         f"and z2 {jnp.shape(z2)}")
+        raise ValueError(
+            f"{fn}: z1 and z2 must have the same shape, got z1 {jnp.shape(z1)} "
+            f"and z2 {jnp.shape(z2)}"
+        )
     _check_positive(fn, "alpha", alpha)
     squared = jnp.sum(jnp.square(_l2_normalize(z1) - _l2_normalize(z2)), axis=-1)
     # Powering the squared distance skips a sqrt, so alpha = 2 has a finite gradient even

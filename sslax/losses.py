@@ -113,15 +113,15 @@ def _psum_if(x: jax.Array, axis_name: Any) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def _masked_logsumexp_dense(queries: jax.Array, keys: jax.Array, self_cols: jax.Array
-                            ) -> jax.Array:
+def _masked_logsumexp_dense(queries: jax.Array, keys: jax.Array, self_cols: jax.Array) -> jax.Array:
     logits = _dot(queries, keys.T)
     is_self = self_cols[:, None] == jnp.arange(keys.shape[0])[None, :]
     return jax.nn.logsumexp(jnp.where(is_self, -jnp.inf, logits), axis=-1)
 
 
-def _tile_logits(query_block: jax.Array, key_block: jax.Array, self_block: jax.Array,
-                 col_offset: jax.Array) -> jax.Array:
+def _tile_logits(
+    query_block: jax.Array, key_block: jax.Array, self_block: jax.Array, col_offset: jax.Array
+) -> jax.Array:
     logits = _dot(query_block, key_block.T)
     cols = col_offset + jnp.arange(key_block.shape[0])
     return jnp.where(self_block[:, None] == cols[None, :], -jnp.inf, logits)
@@ -132,8 +132,9 @@ def _blocks(chunk_size: int, *arrays: jax.Array) -> list[jax.Array]:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _masked_logsumexp_chunked(chunk_size: int, queries: jax.Array, keys: jax.Array,
-                              self_cols: jax.Array) -> jax.Array:
+def _masked_logsumexp_chunked(
+    chunk_size: int, queries: jax.Array, keys: jax.Array, self_cols: jax.Array
+) -> jax.Array:
     """Row-wise logsumexp of ``queries @ keys.T`` without entry ``(i, self_cols[i])``.
 
     Walks ``chunk_size x chunk_size`` tiles with a running max and sum per row, so only one
@@ -153,8 +154,9 @@ def _masked_logsumexp_chunked(chunk_size: int, queries: jax.Array, keys: jax.Arr
             key_block, col_offset = key_args
             logits = _tile_logits(query_block, key_block, self_block, col_offset)
             new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
-            running_sum = (running_sum * jnp.exp(running_max - new_max)
-                           + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=-1))
+            running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(
+                jnp.exp(logits - new_max[:, None]), axis=-1
+            )
             return (new_max, running_sum), None
 
         # *_like keeps the carry's device-variance type equal to the body's inside shard_map.
@@ -176,7 +178,8 @@ def _masked_logsumexp_chunked_bwd(chunk_size, residuals, lse_cotangent):
     # recomputed from the saved lse instead of being stored, as in flash attention.
     queries, keys, self_cols, lse = residuals
     q_blocks, self_blocks, lse_blocks, cot_blocks = _blocks(
-        chunk_size, queries, self_cols, lse, lse_cotangent)
+        chunk_size, queries, self_cols, lse, lse_cotangent
+    )
     (k_blocks,) = _blocks(chunk_size, keys)
     block_ids = jnp.arange(k_blocks.shape[0])
 
@@ -191,23 +194,32 @@ def _masked_logsumexp_chunked_bwd(chunk_size, residuals, lse_cotangent):
             dquery_block = dquery_block + _dot(weights, key_block)
             dkey_block = lax.dynamic_index_in_dim(dkeys, block_id, keepdims=False)
             dkeys = lax.dynamic_update_index_in_dim(
-                dkeys, dkey_block + _dot(weights.T, query_block), block_id, axis=0)
+                dkeys, dkey_block + _dot(weights.T, query_block), block_id, axis=0
+            )
             return (dquery_block, dkeys), None
 
         (dquery_block, dkeys), _ = lax.scan(
-            tile, (jnp.zeros_like(query_block), dkeys), (k_blocks, block_ids))
+            tile, (jnp.zeros_like(query_block), dkeys), (k_blocks, block_ids)
+        )
         return dkeys, dquery_block
 
     dkeys, dquery_blocks = lax.scan(
-        row_block, jnp.zeros_like(k_blocks), (q_blocks, self_blocks, lse_blocks, cot_blocks))
+        row_block, jnp.zeros_like(k_blocks), (q_blocks, self_blocks, lse_blocks, cot_blocks)
+    )
     return dquery_blocks.reshape(queries.shape), dkeys.reshape(keys.shape), None
 
 
 _masked_logsumexp_chunked.defvjp(_masked_logsumexp_chunked_fwd, _masked_logsumexp_chunked_bwd)
 
 
-def info_nce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1,
-             axis_name: Any = None, chunk_size: int | None = None) -> jax.Array:
+def info_nce(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    temperature: float = 0.1,
+    axis_name: Any = None,
+    chunk_size: int | None = None,
+) -> jax.Array:
     r"""NT-Xent (normalised-temperature cross-entropy) loss of SimCLR.
 
     The ``2N`` views :math:`v = [z_1; z_2]` are L2-normalised; view :math:`i` and its partner
@@ -260,11 +272,16 @@ def info_nce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1,
     _check_scalar(fn, "temperature", temperature, _POSITIVE)
     local_views = 2 * z1.shape[0]
     if chunk_size is not None:
-        if (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0
-                or local_views % chunk_size):
+        if (
+            isinstance(chunk_size, bool)
+            or not isinstance(chunk_size, int)
+            or chunk_size <= 0
+            or local_views % chunk_size
+        ):
             raise ValueError(
                 f"{fn}: chunk_size must be a positive int dividing the number of local views "
-                f"2 * z1.shape[0] = {local_views} (z1 shape {z1.shape}), got {chunk_size!r}")
+                f"2 * z1.shape[0] = {local_views} (z1 shape {z1.shape}), got {chunk_size!r}"
+            )
 
     views = jnp.concatenate([_l2_normalize(z1), _l2_normalize(z2)])
     if axis_name is None:
@@ -294,8 +311,9 @@ def info_nce(z1: jax.Array, z2: jax.Array, *, temperature: float = 0.1,
 # --------------------------------------------------------------------------------------------
 
 
-def moco_info_nce(q: jax.Array, k: jax.Array, queue: jax.Array, *,
-                  temperature: float = 0.2) -> jax.Array:
+def moco_info_nce(
+    q: jax.Array, k: jax.Array, queue: jax.Array, *, temperature: float = 0.2
+) -> jax.Array:
     r"""InfoNCE of MoCo: each query against its key and a queue of negative keys.
 
     With L2-normalised query :math:`q_i`, key :math:`k_i` and queue rows :math:`n_j`,
@@ -331,8 +349,9 @@ def moco_info_nce(q: jax.Array, k: jax.Array, queue: jax.Array, *,
     _check_pair(fn, ("q", "k"), q, k)
     _check_floating(fn, "queue", queue, ndim=2)
     if queue.shape[1] != q.shape[1]:
-        raise ValueError(f"{fn}: queue dimension must match q, got queue {queue.shape} "
-                         f"and q {q.shape}")
+        raise ValueError(
+            f"{fn}: queue dimension must match q, got queue {queue.shape} and q {q.shape}"
+        )
     _check_scalar(fn, "temperature", temperature, _POSITIVE)
     queries = _l2_normalize(q) / temperature
     keys = lax.stop_gradient(_l2_normalize(k))
@@ -342,8 +361,9 @@ def moco_info_nce(q: jax.Array, k: jax.Array, queue: jax.Array, *,
     return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positive_logits[:, 0])
 
 
-def moco_enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array, *,
-                 axis_name: Any = None) -> tuple[jax.Array, jax.Array]:
+def moco_enqueue(
+    queue: jax.Array, ptr: jax.Array, keys: jax.Array, *, axis_name: Any = None
+) -> tuple[jax.Array, jax.Array]:
     r"""Writes a batch of keys into MoCo's FIFO queue of negatives.
 
     The keys (from all devices when ``axis_name`` is set, gathered in device order) overwrite
@@ -381,16 +401,21 @@ def moco_enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array, *,
     _check_floating(fn, "queue", queue, ndim=2)
     _check_floating(fn, "keys", keys, ndim=2)
     if keys.shape[1] != queue.shape[1]:
-        raise ValueError(f"{fn}: keys dimension must match the queue, got keys {keys.shape} "
-                         f"and queue {queue.shape}")
+        raise ValueError(
+            f"{fn}: keys dimension must match the queue, got keys {keys.shape} "
+            f"and queue {queue.shape}"
+        )
     if jnp.ndim(ptr) != 0 or not jnp.issubdtype(jnp.result_type(ptr), jnp.integer):
-        raise ValueError(f"{fn}: ptr must be an integer scalar, got {jnp.result_type(ptr)} "
-                         f"of shape {jnp.shape(ptr)}")
+        raise ValueError(
+            f"{fn}: ptr must be an integer scalar, got {jnp.result_type(ptr)} "
+            f"of shape {jnp.shape(ptr)}"
+        )
     queue_size, num_keys = queue.shape[0], _global_count(keys.shape[0], axis_name)
     if queue_size % num_keys:
         raise ValueError(
             f"{fn}: queue size {queue_size} (queue {queue.shape}) must be a multiple of the "
-            f"global number of keys {num_keys} (keys {keys.shape} per device)")
+            f"global number of keys {num_keys} (keys {keys.shape} per device)"
+        )
     keys = lax.stop_gradient(keys).astype(queue.dtype)
     if axis_name is not None:
         # Invariant gather: every device writes the same keys, so the queue stays replicated.
@@ -472,8 +497,14 @@ def simsiam_loss(p: jax.Array, z: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def dino_loss(student_logits: jax.Array, teacher_logits: jax.Array, center: jax.Array, *,
-              student_temp: float = 0.1, teacher_temp: float = 0.04) -> jax.Array:
+def dino_loss(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    center: jax.Array,
+    *,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+) -> jax.Array:
     r"""DINO self-distillation cross-entropy over pairs of different views.
 
     Teacher targets are centred and sharpened, and treated as constants:
@@ -515,12 +546,14 @@ def dino_loss(student_logits: jax.Array, teacher_logits: jax.Array, center: jax.
     if teacher_logits.shape[1:] != (batch, classes) or center.shape != (classes,):
         raise ValueError(
             f"{fn}: expected student_logits [S, N, K], teacher_logits [T, N, K] and center "
-            f"[K], got {student_logits.shape}, {teacher_logits.shape} and {center.shape}")
+            f"[K], got {student_logits.shape}, {teacher_logits.shape} and {center.shape}"
+        )
     if not 1 <= num_teacher <= num_student or num_student < 2:
         raise ValueError(
             f"{fn}: need 1 <= T <= S and S >= 2 so that some (teacher, student) views differ, "
             f"got teacher_logits {teacher_logits.shape} and student_logits "
-            f"{student_logits.shape}")
+            f"{student_logits.shape}"
+        )
     _check_scalar(fn, "student_temp", student_temp, _POSITIVE)
     _check_scalar(fn, "teacher_temp", teacher_temp, _POSITIVE)
 
@@ -533,8 +566,9 @@ def dino_loss(student_logits: jax.Array, teacher_logits: jax.Array, center: jax.
     return (all_pairs - same_view) / (batch * num_teacher * (num_student - 1))
 
 
-def dino_center_update(center: jax.Array, teacher_logits: jax.Array, *, momentum: float = 0.9,
-                       axis_name: Any = None) -> jax.Array:
+def dino_center_update(
+    center: jax.Array, teacher_logits: jax.Array, *, momentum: float = 0.9, axis_name: Any = None
+) -> jax.Array:
     r"""EMA update of DINO's teacher centre with the global batch mean of the teacher logits.
 
     .. math::
@@ -565,8 +599,10 @@ def dino_center_update(center: jax.Array, teacher_logits: jax.Array, *, momentum
     _check_floating(fn, "center", center, ndim=1)
     _check_floating(fn, "teacher_logits", teacher_logits, ndim=3)
     if teacher_logits.shape[-1] != center.shape[0]:
-        raise ValueError(f"{fn}: teacher_logits {teacher_logits.shape} must end in the centre "
-                         f"size, center {center.shape}")
+        raise ValueError(
+            f"{fn}: teacher_logits {teacher_logits.shape} must end in the centre "
+            f"size, center {center.shape}"
+        )
     _check_scalar(fn, "momentum", momentum, _UNIT_INTERVAL)
     batch_center = jnp.mean(lax.stop_gradient(teacher_logits).astype(jnp.float32), axis=(0, 1))
     if axis_name is not None:
@@ -590,8 +626,9 @@ def _off_diagonal_square_sum(matrix: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(off_diagonal))
 
 
-def barlow_twins_loss(z1: jax.Array, z2: jax.Array, *, lambd: float = 5.1e-3,
-                      axis_name: Any = None) -> jax.Array:
+def barlow_twins_loss(
+    z1: jax.Array, z2: jax.Array, *, lambd: float = 5.1e-3, axis_name: Any = None
+) -> jax.Array:
     r"""Barlow Twins redundancy-reduction loss.
 
     Each embedding dimension is standardised over the global batch as BatchNorm without
@@ -640,9 +677,15 @@ def barlow_twins_loss(z1: jax.Array, z2: jax.Array, *, lambd: float = 5.1e-3,
     return on_diagonal + lambd * _off_diagonal_square_sum(correlation)
 
 
-def vicreg_loss(z1: jax.Array, z2: jax.Array, *, sim_coeff: float = 25.0,
-                std_coeff: float = 25.0, cov_coeff: float = 1.0,
-                axis_name: Any = None) -> jax.Array:
+def vicreg_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    sim_coeff: float = 25.0,
+    std_coeff: float = 25.0,
+    cov_coeff: float = 1.0,
+    axis_name: Any = None,
+) -> jax.Array:
     r"""VICReg: variance-invariance-covariance regularisation.
 
     For :math:`x = z_1`, :math:`y = z_2` (``[N, D]``), with unbiased (:math:`N-1`) batch
@@ -681,8 +724,11 @@ def vicreg_loss(z1: jax.Array, z2: jax.Array, *, sim_coeff: float = 25.0,
     """
     fn = "vicreg_loss"
     _check_pair(fn, ("z1", "z2"), z1, z2)
-    for name, coeff in (("sim_coeff", sim_coeff), ("std_coeff", std_coeff),
-                        ("cov_coeff", cov_coeff)):
+    for name, coeff in (
+        ("sim_coeff", sim_coeff),
+        ("std_coeff", std_coeff),
+        ("cov_coeff", cov_coeff),
+    ):
         _check_scalar(fn, name, coeff, _NON_NEGATIVE)
     count = _global_count(z1.shape[0], axis_name)
     if count < 2:
@@ -701,6 +747,4 @@ def vicreg_loss(z1: jax.Array, z2: jax.Array, *, sim_coeff: float = 25.0,
 
     std_x, cov_x = variance_and_covariance(x)
     std_y, cov_y = variance_and_covariance(y)
-    return (sim_coeff * invariance + std_coeff * (std_x + std_y) / 2.0
-            + cov_coeff * (cov_x + cov_y))
-
+    return sim_coeff * invariance + std_coeff * (std_x + std_y) / 2.0 + cov_coeff * (cov_x + cov_y)

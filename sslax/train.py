@@ -70,6 +70,17 @@ def validate_config(config, *, num_devices: int) -> None:
     need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
     need(config.image_size >= 8, f"image_size must be at least 8, got {config.image_size}")
     need(config.width > 0, f"width must be positive, got {config.width}")
+    from sslax.methods import common
+
+    need(
+        config.recipe in common.RECIPES,
+        f"unknown recipe {config.recipe!r}; choose one of {', '.join(common.RECIPES)}",
+    )
+    need(
+        config.compute_dtype in common.COMPUTE_DTYPES,
+        f"compute_dtype must be one of {', '.join(common.COMPUTE_DTYPES)}, "
+        f"got {config.compute_dtype!r}",
+    )
     need(
         0 < config.crop_min_scale <= 1,
         f"crop_min_scale must be in (0, 1], got {config.crop_min_scale}",

@@ -42,7 +42,8 @@ def ref_effective_rank(z):
 def test_alignment_matches_reference(alpha):
     x, y = random_array(0, (12, 5)), random_array(1, (12, 5))
     value = jax.jit(diagnostics.alignment, static_argnums=2)(
-        jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), alpha)
+        jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), alpha
+    )
     assert value.dtype == jnp.float32
     np.testing.assert_allclose(value, ref_alignment(x, y, alpha), rtol=1e-5)
 
@@ -85,8 +86,9 @@ def test_effective_rank_matches_reference_and_extremes():
     # One shape throughout, so the SVD compiles once.
     effective_rank = jax.jit(diagnostics.effective_rank)
     z = random_array(5, (10, 5))
-    np.testing.assert_allclose(effective_rank(jnp.asarray(z, jnp.float32)),
-                               ref_effective_rank(z), rtol=1e-5)
+    np.testing.assert_allclose(
+        effective_rank(jnp.asarray(z, jnp.float32)), ref_effective_rank(z), rtol=1e-5
+    )
     rank_one = jnp.outer(jnp.arange(1.0, 11.0), jnp.arange(1.0, 6.0))
     assert float(effective_rank(rank_one)) == pytest.approx(1.0, rel=1e-4)
     assert float(effective_rank(3.0 * jnp.eye(10, 5))) == pytest.approx(5.0, rel=1e-5)
@@ -95,15 +97,21 @@ def test_effective_rank_matches_reference_and_extremes():
 
 def test_bfloat16_inputs_give_float32():
     z = jnp.asarray(random_array(6, (8, 4)), jnp.bfloat16)
-    for value in (diagnostics.alignment(z, z[::-1]), diagnostics.uniformity(z),
-                  diagnostics.embedding_std(z), diagnostics.effective_rank(z)):
+    for value in (
+        diagnostics.alignment(z, z[::-1]),
+        diagnostics.uniformity(z),
+        diagnostics.embedding_std(z),
+        diagnostics.effective_rank(z),
+    ):
         assert value.dtype == jnp.float32
 
 
 Z = jnp.ones((4, 3))
 BAD_CALLS = {
-    "alignment shapes": (lambda: diagnostics.alignment(Z, jnp.ones((4, 2))),
-                         r"z1 \(4, 3\) and z2 \(4, 2\)"),
+    "alignment shapes": (
+        lambda: diagnostics.alignment(Z, jnp.ones((4, 2))),
+        r"z1 \(4, 3\) and z2 \(4, 2\)",
+    ),
     "alignment alpha": (lambda: diagnostics.alignment(Z, Z, alpha=0), r"alpha"),
     "uniformity 1-D": (lambda: diagnostics.uniformity(jnp.ones(3)), r"z must be 2-D.*\(3,\)"),
     "uniformity one row": (lambda: diagnostics.uniformity(jnp.ones((1, 3))), r"at least 2 rows"),

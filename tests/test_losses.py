@@ -83,8 +83,12 @@ def ref_moco(q, k, queue, temperature):
 def ref_dino(student, teacher, center, student_temp, teacher_temp):
     targets = softmax((teacher - center) / teacher_temp, axis=-1)
     log_probs = log_softmax(student / student_temp, axis=-1)
-    terms = [np.mean(-np.sum(targets[t] * log_probs[s], axis=-1))
-             for t in range(len(teacher)) for s in range(len(student)) if s != t]
+    terms = [
+        np.mean(-np.sum(targets[t] * log_probs[s], axis=-1))
+        for t in range(len(teacher))
+        for s in range(len(student))
+        if s != t
+    ]
     return np.mean(terms)
 
 
@@ -168,10 +172,15 @@ def test_info_nce_matches_float64_reference(temperature, chunk_size):
 
 
 # Temperature as an argument also checks that a learned temperature gets its gradient.
-info_nce_value_and_grads = jax.jit(jax.value_and_grad(
-    lambda a, b, temperature, chunk_size: losses.info_nce(
-        a, b, temperature=temperature, chunk_size=chunk_size),
-    argnums=(0, 1, 2)), static_argnums=3)
+info_nce_value_and_grads = jax.jit(
+    jax.value_and_grad(
+        lambda a, b, temperature, chunk_size: losses.info_nce(
+            a, b, temperature=temperature, chunk_size=chunk_size
+        ),
+        argnums=(0, 1, 2),
+    ),
+    static_argnums=3,
+)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 32])
@@ -186,6 +195,7 @@ def test_info_nce_chunked_matches_dense(chunk_size):
 
 def run_sharded(mesh, loss_fn, arrays, argnums):
     """Value (as out_specs P() and per device) and per-device grads stitched along 'data'."""
+
     def local(*local_arrays):
         value, grads = jax.value_and_grad(loss_fn, argnums=argnums)(*local_arrays)
         return value, value[None], grads
@@ -193,8 +203,11 @@ def run_sharded(mesh, loss_fn, arrays, argnums):
     sharding = NamedSharding(mesh, P("data"))
     with jax.set_mesh(mesh):
         sharded = jax.shard_map(
-            local, mesh=mesh, in_specs=tuple(P("data") for _ in arrays),
-            out_specs=(P(), P("data"), tuple(P("data") for _ in argnums)))
+            local,
+            mesh=mesh,
+            in_specs=tuple(P("data") for _ in arrays),
+            out_specs=(P(), P("data"), tuple(P("data") for _ in argnums)),
+        )
         return jax.jit(sharded)(*[jax.device_put(a, sharding) for a in arrays])
 
 
@@ -202,12 +215,16 @@ def run_sharded(mesh, loss_fn, arrays, argnums):
 def test_info_nce_sharded_matches_unsharded(mesh, chunk_size):
     z1, z2 = f32(random_array(4, (16, 8)), random_array(5, (16, 8)))
     value, grads = jit_value_and_grad(
-        lambda a, b: losses.info_nce(a, b, temperature=0.1), argnums=(0, 1))(z1, z2)
+        lambda a, b: losses.info_nce(a, b, temperature=0.1), argnums=(0, 1)
+    )(z1, z2)
     sharded_value, per_device, sharded_grads = run_sharded(
         mesh,
-        lambda a, b: losses.info_nce(a, b, temperature=0.1, axis_name="data",
-                                     chunk_size=chunk_size),
-        (z1, z2), argnums=(0, 1))
+        lambda a, b: losses.info_nce(
+            a, b, temperature=0.1, axis_name="data", chunk_size=chunk_size
+        ),
+        (z1, z2),
+        argnums=(0, 1),
+    )
     assert_close(sharded_value, value)
     assert_close(per_device, np.full(NUM_DEVICES, float(value)))
     for sharded, unsharded in zip(sharded_grads, grads):
@@ -219,14 +236,15 @@ def test_info_nce_low_temperature_identical_embeddings(chunk_size):
     # All 2N views equal: every logit is 1 / 0.01 = 100, so the loss is log(2N - 1).
     z = jnp.ones((4, 8))
     value, grads = jit_value_and_grad(
-        lambda a, b: losses.info_nce(a, b, temperature=0.01, chunk_size=chunk_size),
-        argnums=(0, 1))(z, z)
+        lambda a, b: losses.info_nce(a, b, temperature=0.01, chunk_size=chunk_size), argnums=(0, 1)
+    )(z, z)
     assert float(value) == pytest.approx(np.log(7), rel=1e-5)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
     # Distinct rows, each pair identical: large logit gaps at temperature 0.01.
     z = jnp.asarray(random_array(6, (4, 8)), jnp.float32)
     value, grads = jit_value_and_grad(
-        lambda a: losses.info_nce(a, z, temperature=0.01, chunk_size=chunk_size))(z)
+        lambda a: losses.info_nce(a, z, temperature=0.01, chunk_size=chunk_size)
+    )(z)
     assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(grads)))
 
 
@@ -277,8 +295,8 @@ def test_bfloat16_inputs_compute_in_float32(name):
 def test_moco_info_nce_matches_float64_reference():
     q, k, queue = random_array(9, (5, 6)), random_array(10, (5, 6)), random_array(11, (12, 6))
     value, (gq, gk, gqueue) = jit_value_and_grad(
-        lambda *a: losses.moco_info_nce(*a, temperature=0.2), argnums=(0, 1, 2))(
-            *f32(q, k, queue))
+        lambda *a: losses.moco_info_nce(*a, temperature=0.2), argnums=(0, 1, 2)
+    )(*f32(q, k, queue))
     assert_close(value, ref_moco(q, k, queue, 0.2))
     assert_close(gq, numeric_grad(lambda a: ref_moco(a, k, queue, 0.2), q), rtol=1e-4)
     # Keys and queue come from the momentum encoder: no gradient.
@@ -303,9 +321,9 @@ def test_moco_enqueue_sharded_gathers_all_devices(mesh):
         return losses.moco_enqueue(queue, ptr, keys, axis_name="data")
 
     with jax.set_mesh(mesh):
-        new_queue, new_ptr = jax.jit(jax.shard_map(
-            local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=(P(), P())))(
-                queue, ptr, jax.device_put(keys, NamedSharding(mesh, P("data"))))
+        new_queue, new_ptr = jax.jit(
+            jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=(P(), P()))
+        )(queue, ptr, jax.device_put(keys, NamedSharding(mesh, P("data"))))
     np.testing.assert_array_equal(new_queue[16:], keys)  # all 16 keys, in device order
     np.testing.assert_array_equal(new_queue[:16], 0.0)
     assert int(new_ptr) == 0
@@ -318,17 +336,21 @@ def test_moco_enqueue_sharded_checks_global_key_count(mesh):
 
     keys = jax.device_put(jnp.ones((NUM_DEVICES, 3)), NamedSharding(mesh, P("data")))
     with jax.set_mesh(mesh), pytest.raises(ValueError, match=r"queue size 12.*global number"):
-        jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")),
-                      out_specs=(P(), P()))(jnp.zeros((12, 3)), jnp.array(0), keys)
+        jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P("data")), out_specs=(P(), P()))(
+            jnp.zeros((12, 3)), jnp.array(0), keys
+        )
 
 
 # ---------------------------------------------------------------------------- BYOL/SimSiam
 
 
-@pytest.mark.parametrize("loss_fn, ref", [
-    (losses.byol_loss, lambda p, z: np.mean(2 - 2 * np.sum(normalize(p) * normalize(z), 1))),
-    (losses.simsiam_loss, lambda p, z: -np.mean(np.sum(normalize(p) * normalize(z), 1))),
-])
+@pytest.mark.parametrize(
+    "loss_fn, ref",
+    [
+        (losses.byol_loss, lambda p, z: np.mean(2 - 2 * np.sum(normalize(p) * normalize(z), 1))),
+        (losses.simsiam_loss, lambda p, z: -np.mean(np.sum(normalize(p) * normalize(z), 1))),
+    ],
+)
 def test_cosine_losses_match_float64_reference(loss_fn, ref):
     p, z = random_array(12, (6, 5)), random_array(13, (6, 5), scale=3.0)
     value, (gp, gz) = jit_value_and_grad(loss_fn, argnums=(0, 1))(*f32(p, z))
@@ -345,10 +367,14 @@ def test_dino_loss_matches_float64_reference():
     teacher, center = random_array(15, (2, 3, 5), scale=0.1), random_array(16, (5,), scale=0.1)
     temps = dict(student_temp=0.1, teacher_temp=0.04)
     value, (g_student, g_teacher, g_center) = jit_value_and_grad(
-        lambda *a: losses.dino_loss(*a, **temps), argnums=(0, 1, 2))(*f32(student, teacher, center))
+        lambda *a: losses.dino_loss(*a, **temps), argnums=(0, 1, 2)
+    )(*f32(student, teacher, center))
     assert_close(value, ref_dino(student, teacher, center, 0.1, 0.04))
-    assert_close(g_student, numeric_grad(
-        lambda s: ref_dino(s, teacher, center, 0.1, 0.04), student), rtol=1e-4)
+    assert_close(
+        g_student,
+        numeric_grad(lambda s: ref_dino(s, teacher, center, 0.1, 0.04), student),
+        rtol=1e-4,
+    )
     assert not np.any(g_teacher) and not np.any(g_center)  # teacher targets are constants
 
 
@@ -362,9 +388,9 @@ def test_dino_center_update_matches_reference_and_sharded(mesh):
         return losses.dino_center_update(center, teacher, momentum=0.9, axis_name="data")
 
     with jax.set_mesh(mesh):
-        sharded = jax.jit(jax.shard_map(
-            local, mesh=mesh, in_specs=(P(), P(None, "data")), out_specs=P()))(
-                center32, jax.device_put(teacher32, NamedSharding(mesh, P(None, "data"))))
+        sharded = jax.jit(
+            jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, "data")), out_specs=P())
+        )(center32, jax.device_put(teacher32, NamedSharding(mesh, P(None, "data"))))
     assert_close(sharded, expected)
 
 
@@ -374,10 +400,12 @@ def test_dino_center_update_matches_reference_and_sharded(mesh):
 REDUNDANCY_CASES = {
     "barlow_twins_loss": (
         functools.partial(losses.barlow_twins_loss, lambd=0.05),
-        lambda a, b: ref_barlow(a, b, 0.05)),
+        lambda a, b: ref_barlow(a, b, 0.05),
+    ),
     "vicreg_loss": (
         functools.partial(losses.vicreg_loss, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0),
-        lambda a, b: ref_vicreg(a, b, 25.0, 25.0, 1.0)),
+        lambda a, b: ref_vicreg(a, b, 25.0, 25.0, 1.0),
+    ),
 }
 
 
@@ -399,7 +427,8 @@ def test_redundancy_losses_sharded_use_global_batch(mesh, name):
     value, grads = jit_value_and_grad(loss_fn, argnums=(0, 1))(*f32(z1, z2))
     assert_close(value, ref(z1, z2))
     sharded_value, per_device, sharded_grads = run_sharded(
-        mesh, functools.partial(loss_fn, axis_name="data"), f32(z1, z2), argnums=(0, 1))
+        mesh, functools.partial(loss_fn, axis_name="data"), f32(z1, z2), argnums=(0, 1)
+    )
     assert_close(sharded_value, value)
     assert_close(per_device, np.full(NUM_DEVICES, float(value)))
     for sharded, unsharded in zip(sharded_grads, grads):
@@ -418,28 +447,45 @@ BAD_CALLS = {
     "negative temperature": (lambda: losses.info_nce(Z, Z, temperature=-0.1), r"temperature"),
     "chunk not dividing": (lambda: losses.info_nce(Z, Z, chunk_size=3), r"chunk_size.*8.*3"),
     "chunk not int": (lambda: losses.info_nce(Z, Z, chunk_size=2.0), r"chunk_size"),
-    "moco queue dim": (lambda: losses.moco_info_nce(Z, Z, jnp.ones((8, 5))),
-                       r"queue .*\(8, 5\).*\(4, 3\)"),
+    "moco queue dim": (
+        lambda: losses.moco_info_nce(Z, Z, jnp.ones((8, 5))),
+        r"queue .*\(8, 5\).*\(4, 3\)",
+    ),
     "moco temperature": (lambda: losses.moco_info_nce(Z, Z, Z, temperature=0.0), r"temperature"),
     "enqueue dim": (lambda: losses.moco_enqueue(jnp.ones((8, 5)), 0, Z), r"keys .*\(4, 3\)"),
-    "enqueue size": (lambda: losses.moco_enqueue(jnp.ones((6, 3)), 0, Z),
-                     r"queue size 6.*global number of keys 4"),
+    "enqueue size": (
+        lambda: losses.moco_enqueue(jnp.ones((6, 3)), 0, Z),
+        r"queue size 6.*global number of keys 4",
+    ),
     "enqueue ptr": (lambda: losses.moco_enqueue(jnp.ones((8, 3)), 0.5, Z), r"ptr"),
     "byol mismatch": (lambda: losses.byol_loss(Z, jnp.ones((3, 3))), r"p and z"),
     "simsiam 1-D": (lambda: losses.simsiam_loss(jnp.ones(3), jnp.ones(3)), r"p must be 2-D"),
-    "dino shapes": (lambda: losses.dino_loss(jnp.ones((4, 2, 5)), jnp.ones((2, 2, 6)),
-                                             jnp.ones(5)), r"\(4, 2, 5\).*\(2, 2, 6\)"),
-    "dino too many teacher views": (lambda: losses.dino_loss(
-        jnp.ones((2, 2, 5)), jnp.ones((3, 2, 5)), jnp.ones(5)), r"T <= S"),
-    "dino temperature": (lambda: losses.dino_loss(
-        jnp.ones((2, 2, 5)), jnp.ones((2, 2, 5)), jnp.ones(5), teacher_temp=0.0),
-        r"teacher_temp"),
-    "center momentum": (lambda: losses.dino_center_update(
-        jnp.ones(5), jnp.ones((2, 2, 5)), momentum=1.5), r"momentum"),
-    "center shape": (lambda: losses.dino_center_update(jnp.ones(4), jnp.ones((2, 2, 5))),
-                     r"center \(4,\)"),
-    "barlow one row": (lambda: losses.barlow_twins_loss(jnp.ones((1, 3)), jnp.ones((1, 3))),
-                       r"at least 2 rows"),
+    "dino shapes": (
+        lambda: losses.dino_loss(jnp.ones((4, 2, 5)), jnp.ones((2, 2, 6)), jnp.ones(5)),
+        r"\(4, 2, 5\).*\(2, 2, 6\)",
+    ),
+    "dino too many teacher views": (
+        lambda: losses.dino_loss(jnp.ones((2, 2, 5)), jnp.ones((3, 2, 5)), jnp.ones(5)),
+        r"T <= S",
+    ),
+    "dino temperature": (
+        lambda: losses.dino_loss(
+            jnp.ones((2, 2, 5)), jnp.ones((2, 2, 5)), jnp.ones(5), teacher_temp=0.0
+        ),
+        r"teacher_temp",
+    ),
+    "center momentum": (
+        lambda: losses.dino_center_update(jnp.ones(5), jnp.ones((2, 2, 5)), momentum=1.5),
+        r"momentum",
+    ),
+    "center shape": (
+        lambda: losses.dino_center_update(jnp.ones(4), jnp.ones((2, 2, 5))),
+        r"center \(4,\)",
+    ),
+    "barlow one row": (
+        lambda: losses.barlow_twins_loss(jnp.ones((1, 3)), jnp.ones((1, 3))),
+        r"at least 2 rows",
+    ),
     "barlow lambd": (lambda: losses.barlow_twins_loss(Z, Z, lambd=-1.0), r"lambd"),
     "vicreg mismatch": (lambda: losses.vicreg_loss(Z, jnp.ones((5, 3))), r"z1 and z2"),
     "vicreg coeff": (lambda: losses.vicreg_loss(Z, Z, std_coeff=-1.0), r"std_coeff"),

@@ -24,8 +24,15 @@ def _abstract_params(model, image_size):
 
 
 def _tiny(**kw):
-    kw = {"patch_size": 8, "hidden_dim": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64,
-          "image_size": 32, **kw}
+    kw = {
+        "patch_size": 8,
+        "hidden_dim": 32,
+        "depth": 2,
+        "num_heads": 2,
+        "mlp_dim": 64,
+        "image_size": 32,
+        **kw,
+    }
     return ViT(**kw)
 
 
@@ -57,6 +64,7 @@ def _numpy_params(model, x, seed=0):
         if name in ("scale", "bias"):
             return jnp.full(a.shape, 1.0 if name == "scale" else 0.0, a.dtype)
         return jnp.asarray(rng.normal(0.0, 0.02, a.shape), a.dtype)
+
     return jax.tree_util.tree_map_with_path(fill, abstract)["params"]
 
 
@@ -69,14 +77,22 @@ def tiny_variables():
 def _reference_vit_count(dim, depth, mlp, patch=16, image=224):
     """timm/DINO ViT without classifier: patch conv, cls, pos, blocks, final norm."""
     tokens = (image // patch) ** 2 + 1
-    block = (2 * 2 * dim                        # norm1, norm2
-             + dim * 3 * dim + 3 * dim          # qkv
-             + dim * dim + dim                  # proj
-             + dim * mlp + mlp + mlp * dim + dim)  # fc1, fc2
+    block = (
+        2 * 2 * dim  # norm1, norm2
+        + dim * 3 * dim
+        + 3 * dim  # qkv
+        + dim * dim
+        + dim  # proj
+        + dim * mlp
+        + mlp
+        + mlp * dim
+        + dim
+    )  # fc1, fc2
     return patch * patch * 3 * dim + dim + dim + tokens * dim + depth * block + 2 * dim
 
 
 # --- ViT ---------------------------------------------------------------------------------------
+
 
 def test_param_counts_match_reference_architectures():
     assert _reference_vit_count(384, 12, 1536) == 21_665_664
@@ -170,7 +186,8 @@ def test_local_crop_on_model_initialised_at_224():
     # Non-square inputs get a non-square grid, (rows, columns) = (6, 10) for 96 x 160 px.
     wide = _images(2, 160)[:, :96]
     h, state = jax.jit(functools.partial(model.apply, train=False, mutable=["intermediates"]))(
-        {"params": params}, wide)
+        {"params": params}, wide
+    )
     assert h.shape == (2, 32) and np.all(np.isfinite(h))
     (used,) = state["intermediates"]["pos_embedding"]
     expected = jnp.concatenate([pos[:1], interpolate_pos_embedding(pos[1:], (6, 10))])
@@ -220,6 +237,7 @@ def test_stochastic_depth_only_in_train_mode(tiny_variables):
 
 # --- DINO head ---------------------------------------------------------------------------------
 
+
 def _head(**kw):
     kw = {"out_dim": 48, "hidden_dim": 32, "bottleneck_dim": 8, **kw}
     return DINOHead(**kw)
@@ -236,8 +254,9 @@ def test_dino_head_output_shape(num_layers, use_bn):
     out, _ = head.apply(variables, _feats(), train=True, mutable=["batch_stats"])
     assert out.shape == (6, 48) and out.dtype == jnp.float32
     dims = [v["kernel"].shape for k, v in variables["params"].items() if k.startswith("mlp_")]
-    assert dims == {3: [(24, 32), (32, 32), (32, 8)], 1: [(24, 8)],
-                    2: [(24, 32), (32, 8)]}[num_layers]
+    assert (
+        dims == {3: [(24, 32), (32, 32), (32, 8)], 1: [(24, 8)], 2: [(24, 32), (32, 8)]}[num_layers]
+    )
     assert ("batch_stats" in variables) == use_bn
 
 
@@ -246,8 +265,10 @@ def test_dino_head_default_size():
     x = jax.ShapeDtypeStruct((2, 384), jnp.float32)
     params = jax.eval_shape(lambda x: head.init(jax.random.key(0), x, train=False), x)["params"]
     assert params["last_layer"]["v"].shape == (256, 65536)
-    assert _count(params) == (384 * 2048 + 2048) + (2048 * 2048 + 2048) + (2048 * 256 + 256) \
-        + 256 * 65536
+    assert (
+        _count(params)
+        == (384 * 2048 + 2048) + (2048 * 2048 + 2048) + (2048 * 256 + 256) + 256 * 65536
+    )
 
 
 def test_weight_norm_last_layer():
@@ -268,7 +289,8 @@ def test_weight_norm_last_layer():
     np.testing.assert_array_equal(fparams["last_layer"]["g"], 1.0)
     g = jnp.arange(1.0, 49.0)
     kernel = WeightNormDense(48, learn_scale=True).apply(
-        {"params": {**fparams["last_layer"], "g": g}}, jnp.eye(8))
+        {"params": {**fparams["last_layer"], "g": g}}, jnp.eye(8)
+    )
     np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), g, rtol=1e-5)
 
 

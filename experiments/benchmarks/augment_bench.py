@@ -117,8 +117,10 @@ def main() -> None:
     parser.add_argument("--pil-images", type=int, default=128, help="images per PIL repeat")
     args = parser.parse_args()
 
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    )
     print("| output px | input px | sslax batch | sslax views/s | PIL views/s, 1 process | ratio |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
@@ -129,8 +131,11 @@ def main() -> None:
         sslax_rate = 2 * batch / time_sslax(images, size, args.repeats)
         pil_images = images[: args.pil_images]
         pil_rate = 2 * len(pil_images) / time_pil(pil_images, size, max(3, args.repeats // 3))
-        print(f"| {size} | {side} | {batch} | {sslax_rate:,.0f} | {pil_rate:,.0f} | "
-              f"{sslax_rate / pil_rate:.1f}x |", flush=True)
+        print(
+            f"| {size} | {side} | {batch} | {sslax_rate:,.0f} | {pil_rate:,.0f} | "
+            f"{sslax_rate / pil_rate:.1f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -41,16 +41,57 @@ class Method:
     encode: Callable
 
 
-def encoder(config: ml_collections.ConfigDict) -> Encoder:
-    backbone = backbone_from_config(
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+    return COMPUTE_DTYPES[config.compute_dtype]
+
+
+def backbone(config: ml_collections.ConfigDict):
+    return backbone_from_config(
         config.model,
         width=config.width,
         stem=config.stem,
         patch_size=config.patch_size,
         image_size=config.image_size,
+        dtype=compute_dtype(config),
     )
-    head = MLPHead(hidden_dims=(config.proj_hidden_dim,), out_dim=config.proj_dim)
-    return Encoder(backbone=backbone, head=head)
+
+
+def encoder(config: ml_collections.ConfigDict, head=None) -> Encoder:
+    """Backbone + head; the default head is SimCLR's projector of ``proj_hidden_dim``/``proj_dim``."""
+    if head is None:
+        head = MLPHead(
+            hidden_dims=(config.proj_hidden_dim,),
+            out_dim=config.proj_dim,
+            dtype=compute_dtype(config),
+        )
+    return Encoder(backbone=backbone(config), head=head)
+
+
+def apply_model(model, params, batch_stats, images, *, train: bool):
+    """Runs a BatchNorm-carrying model; returns (outputs, batch_stats after the call)."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    if not train:
+        return model.apply(variables, images, train=False), batch_stats
+    outputs, updated = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    return outputs, updated["batch_stats"]
+
+
+def ema_update(target, online, momentum):
+    """target <- momentum * target + (1 - momentum) * online, leaf by leaf (MoCo, BYOL, DINO).
+
+    >>> float(ema_update(jnp.float32(0.40), jnp.float32(0.50), 0.999))  # the seed's example
+    0.4000999927520752
+    """
+    return optax.incremental_update(online, target, step_size=1.0 - momentum)
+
+
+def cosine_ema_momentum(step, *, base: float, total_steps: int):
+    """BYOL's schedule: 1 - (1 - base) * (cos(pi * step / total_steps) + 1) / 2, base -> 1."""
+    progress = jnp.minimum(step / max(total_steps, 1), 1.0)
+    return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -68,10 +109,21 @@ def optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
     )
 
 
+RECIPES = ("simclr", "moco_v2", "byol")
+
+
 def view_recipe(config: ml_collections.ConfigDict) -> augment.Recipe:
-    recipe = augment.simclr_recipe(
-        config.image_size, strength=config.augment_strength, blur=config.augment_blur
-    )
+    """The two-view recipe named by ``config.recipe``, with ``crop_min_scale`` applied."""
+    if config.recipe == "simclr":
+        recipe = augment.simclr_recipe(
+            config.image_size, strength=config.augment_strength, blur=config.augment_blur
+        )
+    elif config.recipe == "moco_v2":
+        recipe = augment.moco_v2_recipe(config.image_size)
+    elif config.recipe == "byol":
+        recipe = augment.byol_recipe(config.image_size)
+    else:
+        raise ValueError(f"unknown recipe {config.recipe!r}; choose one of {', '.join(RECIPES)}")
     views = tuple(
         dataclasses.replace(v, crop_scale=(config.crop_min_scale, 1.0)) for v in recipe.views
     )

@@ -16,6 +16,11 @@ from sslax import augment, diagnostics, losses
 from sslax.methods import common
 
 
+def defaults() -> ml_collections.ConfigDict:
+    """SimCLR's own hyperparameters: none beyond the shared ``temperature`` and projector."""
+    return ml_collections.ConfigDict()
+
+
 def make(config: ml_collections.ConfigDict) -> common.Method:
     model = common.encoder(config)
     schedule = common.learning_rate_schedule(config)

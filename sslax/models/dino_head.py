@@ -46,6 +46,7 @@ class WeightNormDense(nn.Module):
       learn_scale: learn g (initialised to 1); otherwise g is fixed to 1 and not a parameter.
       dtype: computation dtype (the kernel is normalised in float32).
     """
+
     features: int
     learn_scale: bool = False
     dtype: Any = jnp.float32
@@ -55,8 +56,7 @@ class WeightNormDense(nn.Module):
         v = self.param("v", _init, (x.shape[-1], self.features), jnp.float32)
         kernel = l2_normalize(v, axis=0)
         if self.learn_scale:
-            kernel = kernel * self.param("g", nn.initializers.ones, (self.features,),
-                                         jnp.float32)
+            kernel = kernel * self.param("g", nn.initializers.ones, (self.features,), jnp.float32)
         return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
 
 
@@ -72,6 +72,7 @@ class DINOHead(nn.Module):
       norm_last_layer: fix the weight-norm scale g to 1 (not a parameter).
       dtype: computation dtype; logits are returned as float32.
     """
+
     out_dim: int = 65536
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
@@ -87,19 +88,26 @@ class DINOHead(nn.Module):
 
     @nn.compact
     def __call__(self, h, *, train: bool):
-        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=_init,
-                                  bias_init=nn.initializers.zeros)
+        dense = functools.partial(
+            nn.Dense, dtype=self.dtype, kernel_init=_init, bias_init=nn.initializers.zeros
+        )
         x = h.astype(self.dtype)
         for i in range(self.num_layers - 1):
             x = dense(self.hidden_dim, name=f"mlp_{i}")(x)
             if self.use_bn:
-                x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                 dtype=self.dtype, name=f"bn_{i}")(x)
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    epsilon=1e-5,
+                    dtype=self.dtype,
+                    name=f"bn_{i}",
+                )(x)
             x = nn.gelu(x, approximate=False)
         x = dense(self.bottleneck_dim, name=f"mlp_{self.num_layers - 1}")(x)
         x = l2_normalize(x.astype(jnp.float32))
-        x = WeightNormDense(self.out_dim, learn_scale=not self.norm_last_layer,
-                            dtype=self.dtype, name=LAST_LAYER)(x)
+        x = WeightNormDense(
+            self.out_dim, learn_scale=not self.norm_last_layer, dtype=self.dtype, name=LAST_LAYER
+        )(x)
         return x.astype(jnp.float32)
 
 
@@ -110,6 +118,8 @@ def last_layer_mask(params: Any) -> Any:
     a ``{"params": ...}`` dict), since it looks for the ``"last_layer"`` key on each leaf's path.
     Use it with e.g. ``optax.masked(optax.set_to_zero(), mask)`` to freeze the layer.
     """
+
     def in_last_layer(path, _):
         return any(getattr(k, "key", None) == LAST_LAYER for k in path)
+
     return jax.tree_util.tree_map_with_path(in_last_layer, params)

@@ -47,13 +47,17 @@ def interpolate_pos_embedding(pos: jax.Array, grid: tuple[int, int]) -> jax.Arra
     (jax's cubic kernel is Keys' a = -0.5; PyTorch's bicubic, used by DINO, is a = -0.75.)
     """
     n, dim = pos.shape
-    side = int(round(n ** 0.5))
+    side = int(round(n**0.5))
     if side * side != n:
         raise ValueError(f"{n} position embeddings do not form a square grid")
     if tuple(grid) == (side, side):
         return pos
-    resized = jax.image.resize(pos.reshape(side, side, dim).astype(jnp.float32),
-                               (grid[0], grid[1], dim), method="bicubic", antialias=False)
+    resized = jax.image.resize(
+        pos.reshape(side, side, dim).astype(jnp.float32),
+        (grid[0], grid[1], dim),
+        method="bicubic",
+        antialias=False,
+    )
     return resized.reshape(grid[0] * grid[1], dim).astype(pos.dtype)
 
 
@@ -63,6 +67,7 @@ class DropPath(nn.Module):
     Kept branches are scaled by 1 / (1 - rate). Active only when ``train`` is true and
     ``rate`` > 0; draws from the 'dropout' rng.
     """
+
     rate: float
 
     @nn.compact
@@ -77,6 +82,7 @@ class DropPath(nn.Module):
 
 class EncoderBlock(nn.Module):
     """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+
     num_heads: int
     mlp_dim: int
     drop_path: float = 0.0
@@ -85,12 +91,18 @@ class EncoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         norm = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype)
-        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=_init,
-                                  bias_init=nn.initializers.zeros)
+        dense = functools.partial(
+            nn.Dense, dtype=self.dtype, kernel_init=_init, bias_init=nn.initializers.zeros
+        )
         y = norm(name="norm1")(x)
         y = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dtype=self.dtype, kernel_init=_init,
-            bias_init=nn.initializers.zeros, deterministic=True, name="attn")(y)
+            num_heads=self.num_heads,
+            dtype=self.dtype,
+            kernel_init=_init,
+            bias_init=nn.initializers.zeros,
+            deterministic=True,
+            name="attn",
+        )(y)
         x = x + DropPath(self.drop_path)(y, train=train)
         y = norm(name="norm2")(x)
         y = dense(self.mlp_dim, name="fc1")(y)
@@ -112,6 +124,7 @@ class ViT(nn.Module):
       image_size: reference resolution whose patch grid the position embeddings are stored for.
       drop_path_rate: stochastic-depth rate of the last block (linear from 0 over the blocks).
     """
+
     patch_size: int
     hidden_dim: int
     depth: int
@@ -122,13 +135,19 @@ class ViT(nn.Module):
     drop_path_rate: float = 0.0
 
     def __post_init__(self):
-        if not isinstance(self.patch_size, int) or self.patch_size <= 0 \
-                or self.image_size % self.patch_size:
-            raise ValueError(f"patch_size must be a positive divisor of image_size="
-                             f"{self.image_size}; got {self.patch_size!r}")
+        if (
+            not isinstance(self.patch_size, int)
+            or self.patch_size <= 0
+            or self.image_size % self.patch_size
+        ):
+            raise ValueError(
+                f"patch_size must be a positive divisor of image_size="
+                f"{self.image_size}; got {self.patch_size!r}"
+            )
         if self.hidden_dim % self.num_heads:
-            raise ValueError(f"num_heads={self.num_heads} does not divide "
-                             f"hidden_dim={self.hidden_dim}")
+            raise ValueError(
+                f"num_heads={self.num_heads} does not divide hidden_dim={self.hidden_dim}"
+            )
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}")
         super().__post_init__()
@@ -138,38 +157,56 @@ class ViT(nn.Module):
         n, height, width, _ = images.shape
         p = self.patch_size
         if height % p or width % p:
-            raise ValueError(f"input of {height}x{width} px is not divisible by "
-                             f"patch_size={p}")
+            raise ValueError(f"input of {height}x{width} px is not divisible by patch_size={p}")
         grid = (height // p, width // p)
-        x = nn.Conv(self.hidden_dim, (p, p), strides=(p, p), padding="VALID",
-                    dtype=self.dtype, name="patch_embed")(images.astype(self.dtype))
+        x = nn.Conv(
+            self.hidden_dim,
+            (p, p),
+            strides=(p, p),
+            padding="VALID",
+            dtype=self.dtype,
+            name="patch_embed",
+        )(images.astype(self.dtype))
         x = x.reshape(n, grid[0] * grid[1], self.hidden_dim)
 
         ref = self.image_size // p
         cls = self.param("cls_token", _init, (1, 1, self.hidden_dim), jnp.float32)
         # One table for CLS + the reference grid, as in timm/DINO checkpoints.
-        pos = self.param("pos_embedding", _init, (1, 1 + ref * ref, self.hidden_dim),
-                         jnp.float32)
+        pos = self.param("pos_embedding", _init, (1, 1 + ref * ref, self.hidden_dim), jnp.float32)
         pos = jnp.concatenate([pos[0, :1], interpolate_pos_embedding(pos[0, 1:], grid)])
         self.sow("intermediates", "pos_embedding", pos)  # kept only if 'intermediates' mutable
-        x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.hidden_dim)).astype(x.dtype),
-                             x], axis=1)
+        x = jnp.concatenate(
+            [jnp.broadcast_to(cls, (n, 1, self.hidden_dim)).astype(x.dtype), x], axis=1
+        )
         x = x + pos[None].astype(x.dtype)
 
         for i in range(self.depth):
             rate = self.drop_path_rate * i / max(self.depth - 1, 1)
-            x = EncoderBlock(self.num_heads, self.mlp_dim, drop_path=rate, dtype=self.dtype,
-                             name=f"block{i}")(x, train=train)
+            x = EncoderBlock(
+                self.num_heads, self.mlp_dim, drop_path=rate, dtype=self.dtype, name=f"block{i}"
+            )(x, train=train)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         return x[:, 0].astype(jnp.float32)
 
 
-def vit_from_name(name: str, patch_size: int = 16, image_size: int = 224,
-                  dtype: Any = jnp.float32, drop_path_rate: float = 0.0) -> ViT:
+def vit_from_name(
+    name: str,
+    patch_size: int = 16,
+    image_size: int = 224,
+    dtype: Any = jnp.float32,
+    drop_path_rate: float = 0.0,
+) -> ViT:
     """A preset ViT ("vit_tiny", "vit_small", "vit_base") with the given patch size."""
     if name not in VIT_PRESETS:
         raise ValueError(f"unknown ViT {name!r}; choose one of {', '.join(VIT_PRESETS)}")
     hidden_dim, depth, num_heads, mlp_dim = VIT_PRESETS[name]
-    return ViT(patch_size=patch_size, hidden_dim=hidden_dim, depth=depth, num_heads=num_heads,
-               mlp_dim=mlp_dim, dtype=dtype, image_size=image_size,
-               drop_path_rate=drop_path_rate)
+    return ViT(
+        patch_size=patch_size,
+        hidden_dim=hidden_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+        dtype=dtype,
+        image_size=image_size,
+        drop_path_rate=drop_path_rate,
+    )

@@ -1,0 +1,70 @@
+"""Config builders shared by the files in ``experiments/configs/``.
+
+A config file stays a thin ``get_config()`` that starts from :func:`shapes_config` and overrides
+what its recipe changes; every method's own hyperparameters live in a section named after the
+method (``config.byol.ema_base`` ...), filled from that method module's ``defaults()``, so
+``--config.method=NAME`` works from any config file.
+
+>>> c = shapes_config("simclr")
+>>> c.method, c.batch_size, c.dataset
+('simclr', 256, 'shapes')
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sslax import methods
+
+
+def shapes_config(method: str) -> ml_collections.ConfigDict:
+    """The laptop setting: the built-in dataset, a narrow ResNet-18, about 5 minutes on 2 cores.
+
+    Returned unlocked; config files lock it after their overrides.
+    """
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.dataset = "shapes"
+    c.image_size = 32
+    c.data_dir = ""  # TFDS data_dir; "" means TFDS's default
+    c.train_split = "train"
+    c.eval_split = "test"  # held-out split for kNN ("validation" for tfds:imagenet2012)
+
+    c.model = "resnet18"
+    c.width = 0.25
+    c.stem = "imagenet"
+    c.patch_size = 16  # ViT models (vit_tiny, vit_small, vit_base) only
+    c.compute_dtype = "float32"  # "bfloat16": bf16 compute, float32 parameters and optimizer
+    c.proj_hidden_dim = 256
+    c.proj_dim = 64
+
+    c.batch_size = 256  # global, in images (2x as many views)
+    c.total_steps = 800
+    c.optimizer = "lars"
+    c.learning_rate = 1.0  # base rate at batch 256, scaled by lr_scaling
+    c.lr_scaling = "linear"  # "linear": lr x B/256, "sqrt": lr x sqrt(B), "none" (SimCLR App. B)
+    c.warmup_steps = 25
+    c.weight_decay = 1e-6
+    c.momentum = 0.9
+    c.temperature = 0.5
+
+    # Views: a recipe of sslax.augment ("simclr", "moco_v2" or "byol"). For "simclr",
+    # augment_strength is SimCLR's colour strength s; blur is off for 32 px images (SimCLR
+    # App. B.9).
+    c.recipe = "simclr"
+    c.augment_strength = 1.0
+    c.augment_blur = False
+    c.crop_min_scale = 0.25  # random resized crop area in [crop_min_scale, 1]; SimCLR: 0.08
+
+    c.seed = 0
+    c.log_every = 50
+    c.checkpoint_every = 250
+    c.eval_every = 0  # 0: evaluate at the end only
+    c.knn_k = 20
+    c.knn_temperature = 0.07
+    c.knn_train_examples = 20_000
+    c.knn_test_examples = 4_000
+
+    for name in methods.METHODS:
+        c[name] = methods.get(name).defaults()
+    return c
