@@ -99,6 +99,13 @@ def validate_config(config, *, num_devices: int) -> None:
     need(
         config.eval_every >= 0, f"eval_every must be >= 0 (0: at the end), got {config.eval_every}"
     )
+    # A method may check its own section (e.g. MoCo's queue size against the batch).
+    method_check = getattr(methods.get(config.method), "check_config", None)
+    if method_check is not None:
+        try:
+            method_check(config)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def params_checksum(params) -> str:

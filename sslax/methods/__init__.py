@@ -1,8 +1,11 @@
 """Self-supervised methods, one small module each.
 
-A method module exposes ``make(config) -> Method``: pure functions to initialise a state
-pytree, to take one training step, and to encode images for evaluation. The training loop
-(:mod:`sslax.train`) knows nothing else about a method.
+A method module exposes ``defaults()`` (its own hyperparameters, which become the config section
+named after it) and ``make(config) -> Method``: pure functions to initialise a state pytree, to
+take one training step, and to encode images for evaluation. It may also expose
+``check_config(config)``, raising ValueError for values it cannot run with; the main command
+calls it before compiling anything. The training loop (:mod:`sslax.train`) knows nothing else
+about a method.
 """
 
 from __future__ import annotations
