@@ -12,7 +12,16 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = ("simclr",)
+METHODS = (
+    "simclr",
+    "moco_v2",
+    "moco_v3",
+    "byol",
+    "simsiam",
+    "dino",
+    "barlow_twins",
+    "vicreg",
+)
 
 
 def get(name: str):

@@ -1,0 +1,46 @@
+"""Barlow Twins on ImageNet: the paper's recipe (Zbontar et al. 2021, arXiv 2103.03230).
+
+ResNet-50 and an 8192-8192-8192 expander, lambda 5.1e-3, batch 2048, 1000 epochs, LARS at
+0.2 x B/256 for the weights and 0.0048 x B/256 for biases and BatchNorm parameters, weight
+decay 1.5e-6 (the paper; the official code's default is 1e-6), 10 warm-up epochs then cosine
+decay (to 0 here, to 1/1000 of the peak in the official code), the asymmetric BYOL views,
+mixed precision as in the official code.
+"""
+
+from sslax import configs
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+BATCH_SIZE = 2048
+STEPS_PER_EPOCH = IMAGENET_TRAIN_IMAGES // BATCH_SIZE  # 625
+
+
+def get_config():
+    config = configs.shapes_config("barlow_twins")
+    config.update(
+        {
+            "dataset": "tfds:imagenet2012",
+            "train_split": "train",
+            "eval_split": "validation",
+            "image_size": 224,
+            "model": "resnet50",
+            "width": 1.0,
+            "stem": "imagenet",
+            "compute_dtype": "bfloat16",
+            "batch_size": BATCH_SIZE,
+            "total_steps": 1000 * STEPS_PER_EPOCH,
+            "warmup_steps": 10 * STEPS_PER_EPOCH,
+            "optimizer": "lars",
+            "learning_rate": 0.2,
+            "lr_scaling": "linear",
+            "weight_decay": 1.5e-6,
+            "momentum": 0.9,
+            "recipe": "byol",
+            "crop_min_scale": 0.08,
+            "log_every": 100,
+            "checkpoint_every": 10 * STEPS_PER_EPOCH,
+        }
+    )
+    config.barlow_twins.update(
+        {"expander_dim": 8192, "lambd": 5.1e-3, "bias_lr_ratio": 0.0048 / 0.2}
+    )
+    return config.lock()

@@ -1,0 +1,335 @@
+"""DINO (Caron et al. 2021, arXiv 2104.14294): self-distillation with no labels.
+
+A student (backbone + DINO head: MLP, L2-normalised bottleneck, weight-normalised last layer
+over K prototypes) is trained to predict, from every crop of an image, the teacher's softmax
+over the prototypes for the other global crops. The teacher is an EMA of the student (momentum
+cosine from ``teacher_momentum_base`` to 1, applied with the new student parameters) and sees
+only the two global crops; the student also sees the local crops (multi-crop). Two operations
+on the teacher's logits keep the pair from collapsing, each against one failure mode (paper
+Sec. 5.3, Fig. 7):
+
+* centring subtracts a running mean ``c`` of the teacher logits, so no prototype can win on
+  every image (``centering=False`` keeps c at 0: one-prototype collapse, teacher entropy -> 0);
+* sharpening divides by a teacher temperature below the student's (0.04 vs 0.1), so the
+  targets stay peaked (``sharpening=False`` gives the teacher the student's temperature:
+  uniform collapse, teacher entropy -> log K).
+
+The recipe follows the official code (facebookresearch/dino, main_dino.py): AdamW (their
+default; ``config.optimizer`` may also be "sgd" or "lars", as there) with the learning rate
+scaled by batch/256, warm-up and cosine; weight decay on weights only (no biases or norm
+parameters), cosine from ``config.weight_decay`` to ``weight_decay_end``; every parameter
+tensor's gradient clipped to norm ``clip_grad`` separately (``utils.clip_gradients``, not one
+global norm); the head's last layer frozen for ``freeze_last_layer_steps`` (its gradient
+dropped, so the optimiser neither moves it nor starts its moments); the teacher temperature
+warmed up linearly from ``warmup_teacher_temp``; the backbone applied to each crop size
+separately (BatchNorm statistics per size, as ``MultiCropWrapper``) and the head to all crops
+at once. The teacher runs in training mode like the official one, so it normalises with its
+own batch statistics and keeps its own running averages; only parameters are averaged. ViT
+students get stochastic depth (``drop_path_rate``), the teacher none.
+
+Metrics: ``embedding_std`` of the student's logits for the global crops (L2-normalised: 0 when
+every image gives the same output, as in both collapses; 1/sqrt(K) for isotropic outputs);
+``teacher_entropy`` and ``teacher_max_prob``, per-image means over the teacher's centred,
+sharpened softmax; ``teacher_batch_entropy``, the entropy of its batch mean (how many
+prototypes are in use); ``teacher_temp``, ``ema_momentum``, ``learning_rate``,
+``weight_decay``, ``grad_norm`` (before clipping).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from sslax import augment, diagnostics, losses, optim
+from sslax.methods import common
+from sslax.models import DINOHead, last_layer_mask, vit_from_name
+from sslax.models.vit import VIT_PRESETS
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """DINO's own hyperparameters at the shapes scale (ImageNet values in dino_imagenet.py)."""
+    c = ml_collections.ConfigDict()
+    # Head: K prototypes behind a small MLP (DINO: 65536, hidden 2048, bottleneck 256).
+    c.out_dim = 1024
+    c.hidden_dim = 256
+    c.bottleneck_dim = 64
+    c.num_layers = 3
+    c.use_bn_in_head = True
+    c.norm_last_layer = True
+    # Multi-crop: two global crops at config.image_size, num_local crops at local_size.
+    c.local_size = 16
+    c.num_local = 4
+    # Teacher.
+    c.teacher_momentum_base = 0.996
+    c.student_temp = 0.1
+    c.teacher_temp = 0.04
+    c.warmup_teacher_temp = 0.04
+    c.warmup_teacher_temp_steps = 0
+    c.center_momentum = 0.9
+    # Anti-collapse switches. sharpening=False sets the teacher temperature to the student's,
+    # so the targets are no sharper than the predictions.
+    c.centering = True
+    c.sharpening = True
+    # Optimisation: weight decay from config.weight_decay at step 0 to this at the end.
+    c.weight_decay_end = 0.4
+    c.clip_grad = 3.0  # per-tensor gradient norm; 0 disables
+    c.freeze_last_layer_steps = 25
+    c.drop_path_rate = 0.1  # student ViTs only
+    return c
+
+
+@flax.struct.dataclass
+class DINOState:
+    """The student (``params``, ``batch_stats``, ``opt_state``), the teacher and the centre."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    teacher_params: Any
+    teacher_batch_stats: Any
+    center: jax.Array
+
+
+class MultiCropEncoder(nn.Module):
+    """Backbone + head, ``images -> (h, z)``, that also takes a list of crop batches."""
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def __call__(self, images, *, train: bool):
+        h = self.backbone(images, train=train)
+        return h, self.head(h, train=train)
+
+    def multi_crop(self, crops, *, train: bool):
+        """Crops of different sizes: the backbone once per size, the head on them all."""
+        h = jnp.concatenate([self.backbone(c, train=train) for c in crops])
+        return h, self.head(h, train=train)
+
+
+def teacher_temperature(step, cfg: ml_collections.ConfigDict):
+    """Linear from ``warmup_teacher_temp`` at step 0 to ``teacher_temp`` at the end of warm-up.
+
+    Without sharpening the teacher uses the student's temperature throughout.
+    """
+    if not cfg.sharpening:
+        return jnp.full(jnp.shape(step), cfg.student_temp, jnp.float32)
+    if cfg.warmup_teacher_temp_steps == 0:
+        return jnp.full(jnp.shape(step), cfg.teacher_temp, jnp.float32)
+    progress = jnp.minimum(step / cfg.warmup_teacher_temp_steps, 1.0)
+    return cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * progress
+
+
+def weight_decay_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Cosine from ``config.weight_decay`` at step 0 to ``dino.weight_decay_end`` at the end."""
+    start, end = config.weight_decay, config.dino.weight_decay_end
+    total = max(config.total_steps, 1)
+
+    def schedule(step):
+        progress = jnp.minimum(step / total, 1.0)
+        return end + 0.5 * (start - end) * (1.0 + jnp.cos(jnp.pi * progress))
+
+    return schedule
+
+
+def _clip_each_tensor(max_norm: float) -> optax.GradientTransformation:
+    """Scales each gradient tensor to norm <= max_norm on its own (DINO's clip_gradients)."""
+
+    def clip(updates, params=None):
+        del params
+        return jax.tree.map(
+            lambda g: g * jnp.minimum(1.0, max_norm / (jnp.linalg.norm(g) + 1e-6)), updates
+        )
+
+    return optax.stateless(clip)
+
+
+def _skip_first(steps: int, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Zero updates and an untouched ``inner`` state for the first ``steps`` calls.
+
+    PyTorch's AdamW skips a parameter whose gradient is None, so a frozen layer starts its
+    moments and bias correction when it is released instead of at step 0.
+    """
+
+    def init(params):
+        return (jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        count, inner_state = state
+        new_updates, new_inner = inner.update(updates, inner_state, params)
+        frozen = count < steps
+        new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
+        new_inner = jax.tree.map(
+            lambda old, new: jnp.where(frozen, old, new), inner_state, new_inner
+        )
+        return new_updates, (optax.safe_increment(count), new_inner)
+
+    return optax.GradientTransformation(init, update)
+
+
+def optimizer(
+    config: ml_collections.ConfigDict, lr: optax.Schedule, wd: optax.Schedule
+) -> optax.GradientTransformation:
+    """``config.optimizer`` with DINO's scheduled weight decay, clipping and frozen last layer.
+
+    The weight decay of :func:`sslax.optim.make_optimizer` (weights only) follows ``wd``
+    instead of staying constant; gradients are clipped tensor by tensor first.
+    """
+    frozen = config.dino.freeze_last_layer_steps
+
+    def group(offset: int):
+        # A group released at step `offset` counts its own steps from there, while its
+        # schedules follow the global step.
+        return optax.inject_hyperparams(optim.make_optimizer, static_args="name")(
+            name=config.optimizer,
+            schedule=lambda count: lr(count + offset),
+            weight_decay=lambda count: wd(count + offset),
+            momentum=config.momentum,
+        )
+
+    def labels(params):
+        return jax.tree.map(lambda last: "last" if last else "rest", last_layer_mask(params))
+
+    clip = config.dino.clip_grad
+    return optax.chain(
+        _clip_each_tensor(clip) if clip > 0 else optax.identity(),
+        optax.multi_transform(
+            {"last": _skip_first(frozen, group(frozen)), "rest": group(0)}, labels
+        ),
+    )
+
+
+def _entropy(probs):
+    return -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
+
+
+def make(config: ml_collections.ConfigDict) -> common.Method:
+    cfg = config.dino
+    dtype = common.compute_dtype(config)
+    head = DINOHead(
+        out_dim=cfg.out_dim,
+        hidden_dim=cfg.hidden_dim,
+        bottleneck_dim=cfg.bottleneck_dim,
+        num_layers=cfg.num_layers,
+        use_bn=cfg.use_bn_in_head,
+        norm_last_layer=cfg.norm_last_layer,
+        dtype=dtype,
+    )
+    teacher_backbone = common.backbone(config)
+    student_backbone = teacher_backbone
+    if config.model in VIT_PRESETS:
+        if cfg.local_size % config.patch_size:
+            raise ValueError(
+                f"dino.local_size {cfg.local_size} does not divide by patch_size "
+                f"{config.patch_size}"
+            )
+        student_backbone = vit_from_name(
+            config.model,
+            patch_size=config.patch_size,
+            image_size=config.image_size,
+            dtype=dtype,
+            drop_path_rate=cfg.drop_path_rate,
+        )
+    student = MultiCropEncoder(backbone=student_backbone, head=head)
+    teacher = MultiCropEncoder(backbone=teacher_backbone, head=head)
+
+    lr = common.learning_rate_schedule(config)
+    wd = weight_decay_schedule(config)
+    tx = optimizer(config, lr, wd)
+    recipe = augment.dino_multicrop_recipe(
+        global_size=config.image_size, local_size=cfg.local_size, num_local=cfg.num_local
+    )
+    num_crops = 2 + cfg.num_local
+
+    def init(rng, images):
+        params, batch_stats = common.init_variables(student, rng, images)
+        return DINOState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=tx.init(params),
+            # Copies, so that donating the state never donates one buffer twice.
+            teacher_params=jax.tree.map(jnp.copy, params),
+            teacher_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+            center=jnp.zeros((cfg.out_dim,), jnp.float32),
+        )
+
+    def train_step(state, batch, rng):
+        step_key = jax.random.fold_in(rng, state.step)
+        view_key, drop_key = jax.random.split(step_key)
+        crops = augment.multi_crop(view_key, batch["image"], recipe, indices=batch["index"])
+        n = batch["image"].shape[0]
+        teacher_temp = teacher_temperature(state.step, cfg)
+
+        (_, t), teacher_updates = teacher.apply(
+            {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats},
+            crops[0],
+            train=True,
+            mutable=["batch_stats"],
+        )
+        t = jax.lax.stop_gradient(t.reshape(2, n, cfg.out_dim))
+
+        def loss_fn(params):
+            (_, s), updated = student.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                crops,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": drop_key},
+                method=MultiCropEncoder.multi_crop,
+            )
+            s = s.reshape(num_crops, n, cfg.out_dim)
+            loss = losses.dino_loss(
+                s, t, state.center, student_temp=cfg.student_temp, teacher_temp=teacher_temp
+            )
+            return loss, (s, updated["batch_stats"])
+
+        (loss, (s, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        momentum = common.cosine_ema_momentum(
+            state.step, base=cfg.teacher_momentum_base, total_steps=config.total_steps
+        )
+        center = state.center
+        if cfg.centering:
+            center = losses.dino_center_update(center, t, momentum=cfg.center_momentum)
+
+        targets = jax.nn.softmax((t - state.center) / teacher_temp, axis=-1)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            teacher_params=common.ema_update(state.teacher_params, params, momentum),
+            teacher_batch_stats=teacher_updates["batch_stats"],
+            center=center,
+        )
+        metrics = {
+            "loss": loss,
+            "embedding_std": diagnostics.embedding_std(s[:2].reshape(2 * n, cfg.out_dim)),
+            "teacher_entropy": jnp.mean(_entropy(targets)),
+            "teacher_max_prob": jnp.mean(jnp.max(targets, axis=-1)),
+            "teacher_batch_entropy": _entropy(jnp.mean(targets, axis=(0, 1))),
+            "teacher_temp": teacher_temp,
+            "ema_momentum": momentum,
+            "grad_norm": optax.tree.norm(grads),
+            "learning_rate": lr(state.step),
+            "weight_decay": wd(state.step),
+        }
+        return new_state, metrics
+
+    def encode(state, images):
+        return student.apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            common.images_to_float(images),
+            train=False,
+        )
+
+    return common.Method(init=init, train_step=train_step, encode=encode)
