@@ -8,6 +8,9 @@ method (``config.byol.ema_base`` ...), filled from that method module's ``defaul
 >>> c = shapes_config("simclr")
 >>> c.method, c.batch_size, c.dataset
 ('simclr', 256, 'shapes')
+>>> c = imagenet_config("byol", batch_size=4096, epochs=1000, warmup_epochs=10)
+>>> c.dataset, c.image_size, c.total_steps, c.warmup_steps
+('tfds:imagenet2012', 224, 312000, 3120)
 """
 
 from __future__ import annotations
@@ -67,4 +70,48 @@ def shapes_config(method: str) -> ml_collections.ConfigDict:
 
     for name in methods.METHODS:
         c[name] = methods.get(name).defaults()
+    return c
+
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+
+
+def imagenet_steps_per_epoch(batch_size: int) -> int:
+    """Steps in one pass over ImageNet's train split, the last partial batch dropped."""
+    return IMAGENET_TRAIN_IMAGES // batch_size
+
+
+def imagenet_config(
+    method: str,
+    *,
+    batch_size: int,
+    epochs: int,
+    warmup_epochs: int,
+    model: str = "resnet50",
+    compute_dtype: str = "bfloat16",
+    checkpoint_every_epochs: int = 1,
+) -> ml_collections.ConfigDict:
+    """The paper setting shared by the ``*_imagenet.py`` files: ImageNet-1k from TFDS at 224 px.
+
+    Epoch counts become steps at ``batch_size``; bfloat16 compute (float32 parameters and
+    optimiser state) is sslax's accelerator default, not every paper's. The method's optimiser,
+    views and head come from its config file. Returned unlocked.
+    """
+    c = shapes_config(method)
+    c.dataset = "tfds:imagenet2012"
+    c.train_split = "train"
+    c.eval_split = "validation"
+    c.image_size = 224
+    c.model = model
+    c.width = 1.0
+    c.stem = "imagenet"
+    c.compute_dtype = compute_dtype
+    c.crop_min_scale = 0.08  # torchvision's RandomResizedCrop default, the papers' unless noted
+
+    steps_per_epoch = imagenet_steps_per_epoch(batch_size)
+    c.batch_size = batch_size
+    c.total_steps = epochs * steps_per_epoch
+    c.warmup_steps = warmup_epochs * steps_per_epoch
+    c.log_every = 100
+    c.checkpoint_every = checkpoint_every_epochs * steps_per_epoch
     return c

@@ -7,10 +7,8 @@ study visible in 300 steps; the runs differ only in the anti-collapse switches a
 """
 
 import functools
-import importlib.util
 import itertools
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +17,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sslax import configs, methods, train
+from sslax import configs, train
 from sslax.data import shapes
 from sslax.methods import common, dino
 from sslax.models import last_layer_mask
@@ -28,7 +26,6 @@ from sslax.models import last_layer_mask
 # default suite until it is (run with `pytest -m slow`).
 pytestmark = pytest.mark.slow
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 K = 256
 LOG_K = math.log(K)
 FROZEN_STEPS = 5
@@ -127,8 +124,9 @@ def test_twenty_steps_give_finite_losses_and_spread_embeddings():
     losses = [h["loss"] for h in history[:20]]
     assert all(math.isfinite(x) for x in losses), losses
     # Student logits of the global crops, L2-normalised: 0 when every image gives the same
-    # output (either collapse), 1/sqrt(K) = 0.0625 for isotropic directions. Measured 0.013
-    # after 20 steps, where the collapsed runs of the study below end at 0.002-0.003.
+    # output (either collapse), 1/sqrt(K) = 0.0625 for isotropic directions. Measured 0.017 /
+    # 0.013 / 0.014 after 20 steps for seeds 0 / 1 / 2; the collapsed runs of the study below
+    # end at 0.0015-0.0023.
     std = history[19]["embedding_std"]
     assert std > 0.006, f"embedding_std {std:.4f} after 20 steps"
 
@@ -237,32 +235,44 @@ def test_each_gradient_tensor_is_clipped_on_its_own():
     np.testing.assert_allclose(clipped["b"], grads["b"])  # a global norm would shrink it too
 
 
-def _load_config(name, monkeypatch):
-    if "dino" not in methods.METHODS:
-        monkeypatch.setattr(methods, "METHODS", (*methods.METHODS, "dino"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments/configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def test_bad_sections_fail_validation_with_the_field_named():
+    for field, value in [("center_momentum", 1.5), ("teacher_temp", 0.0), ("num_local", -1)]:
+        config = _config(**{field: value})
+        with pytest.raises(train.ConfigError, match=f"dino.{field}"):
+            train.validate_config(config, num_devices=1)
+    config = _config()
+    config.update({"model": "vit_tiny", "patch_size": 16})
+    with pytest.raises(ValueError, match="local_size 8 does not divide by patch_size 16"):
+        dino.make(config)
 
 
-def test_config_files_build_valid_configs(monkeypatch):
-    laptop = _load_config("dino", monkeypatch)
-    imagenet = _load_config("dino_imagenet", monkeypatch)
-    for config in (laptop, imagenet):
-        train.validate_config(config, num_devices=1)
-        assert config.method == "dino" and config.optimizer == "adamw"
-        dino.make(config)  # builds the model and the optimiser; compiles nothing
-    assert imagenet.total_steps == 100 * (1_281_167 // 512)
-    assert imagenet.dino.freeze_last_layer_steps == 1_281_167 // 512
-    assert (imagenet.model, imagenet.patch_size, imagenet.dino.out_dim) == ("vit_small", 16, 65536)
+@pytest.mark.parametrize(
+    "overrides",
+    [{"dino": {"local_size": 16}}, {"model": "vit_tiny", "patch_size": 8}],
+    ids=["local crops as large as the global ones", "vit"],
+)
+def test_step_traces_for_equal_crop_sizes_and_for_vits(overrides):
+    # Traced, not compiled: shapes and structure only.
+    config = _config(**overrides.get("dino", {}))
+    config.update({k: v for k, v in overrides.items() if k != "dino"})
+    method = dino.make(config)
+    state = jax.eval_shape(method.init, jax.random.key(0), _images(0)[:1])
+    new_state, metrics = jax.eval_shape(
+        method.train_step, state, _batch(_images(0), 0), jax.random.key(1)
+    )
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    assert jax.tree.structure(state.params) == jax.tree.structure(state.teacher_params)
+    assert metrics["loss"].shape == () and new_state.center.shape == (K,)
 
 
-# The collapse study (paper Sec. 5.3, Fig. 7). Means over the last 10 of 300 steps, measured
-# for seeds 0, 1, 2 (log K = 5.545):
-#   centering off:  entropy XX, max prob XX
-#   sharpening off: entropy XX, max prob XX
-#   both on:        entropy XX, max prob XX, mutual information XX nats
+# The collapse study (paper Sec. 5.3, Fig. 7): means over the last 10 of 300 steps, measured
+# for seeds 0 / 1 / 2, with log K = 5.545 and 1/K = 0.004:
+#   centering off:  entropy 0.008 / 0.040 / 0.000, max prob 0.997 / 0.982 / 1.000,
+#                   batch entropy 0.017 / 0.098 / 0.000 (one prototype for every image);
+#   sharpening off: entropy 5.544 / 5.542 / 5.543, max prob 0.004 / 0.005 / 0.005;
+#   both on:        entropy 4.18 / 4.54 / 4.37, max prob 0.143 / 0.073 / 0.099, mutual
+#                   information 1.01 / 0.76 / 0.89 nats (batch entropy 5.19 / 5.29 / 5.25).
+# Seed 0 of "both on" is the run the tests above inspect.
 SEEDS = [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 
 
@@ -284,9 +294,9 @@ def _describe(m):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_without_centering_the_teacher_collapses_to_one_prototype(seed):
     m = _summary(seed, centering=False)
-    assert m["teacher_entropy"] < 0.15 and m["teacher_max_prob"] > 0.95, _describe(m)
+    assert m["teacher_entropy"] < 0.1 and m["teacher_max_prob"] > 0.97, _describe(m)
     # One prototype for every image, not a confident but different one per image.
-    assert m["teacher_batch_entropy"] < 0.3, _describe(m)
+    assert m["teacher_batch_entropy"] < 0.25, _describe(m)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -299,7 +309,7 @@ def test_without_sharpening_the_teacher_goes_uniform(seed):
 def test_with_centering_and_sharpening_the_teacher_stays_in_between(seed):
     m = _summary(seed)
     assert 1.0 < m["teacher_entropy"] < LOG_K - 0.5, _describe(m)
-    assert m["teacher_max_prob"] > 5 / K and m["mutual_info"] > 0.3, _describe(m)
+    assert m["teacher_max_prob"] > 5 / K and m["mutual_info"] > 0.4, _describe(m)
 
 
 @pytest.mark.slow

@@ -1,43 +1,11 @@
 """The main command end to end: outputs, resume, and bad flags."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from cli_runs import TINY, run_cli
 
 from sslax import train
-
-TINY = [
-    "--config.total_steps=4",
-    "--config.batch_size=16",
-    "--config.image_size=16",
-    "--config.width=0.125",
-    "--config.proj_hidden_dim=32",
-    "--config.proj_dim=16",
-    "--config.knn_train_examples=200",
-    "--config.knn_test_examples=64",
-    "--config.log_every=2",
-    "--config.checkpoint_every=2",
-    "--config.warmup_steps=1",
-]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("data"))
-
-
-def _run(args, data_dir, **env):
-    environment = {**os.environ, "SSLAX_DATA_DIR": data_dir, "JAX_PLATFORMS": "cpu", **env}
-    return subprocess.run(
-        [sys.executable, "-m", "sslax.train", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=600,
-    )
 
 
 def _tiny_config(**overrides):
@@ -57,7 +25,7 @@ def _tiny_config(**overrides):
 
 def test_main_command_writes_every_output_and_summary(tmp_path, data_dir):
     workdir = tmp_path / "run"
-    result = _run([f"--workdir={workdir}", *TINY], data_dir)
+    result = run_cli([f"--workdir={workdir}", *TINY], data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     for line in ("step 2/4", "step 4/4", "kNN top-1 (held-out)", "img/s", "ETA"):
         assert line in result.stdout, result.stdout
@@ -117,7 +85,7 @@ def test_bad_flags_fail_with_one_line_and_exit_2_before_compiling(
     tmp_path, data_dir, flag, message
 ):
     workdir = tmp_path / "run"
-    result = _run([f"--workdir={workdir}", flag], data_dir, JAX_LOG_COMPILES="1")
+    result = run_cli([f"--workdir={workdir}", flag], data_dir, JAX_LOG_COMPILES="1")
     assert result.returncode == 2, (result.stdout, result.stderr)
     error_lines = [l for l in result.stderr.splitlines() if l.strip()]
     assert len(error_lines) == 1, result.stderr

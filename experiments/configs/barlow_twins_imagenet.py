@@ -9,38 +9,18 @@ mixed precision as in the official code.
 
 from sslax import configs
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-BATCH_SIZE = 2048
-STEPS_PER_EPOCH = IMAGENET_TRAIN_IMAGES // BATCH_SIZE  # 625
-
 
 def get_config():
-    config = configs.shapes_config("barlow_twins")
-    config.update(
-        {
-            "dataset": "tfds:imagenet2012",
-            "train_split": "train",
-            "eval_split": "validation",
-            "image_size": 224,
-            "model": "resnet50",
-            "width": 1.0,
-            "stem": "imagenet",
-            "compute_dtype": "bfloat16",
-            "batch_size": BATCH_SIZE,
-            "total_steps": 1000 * STEPS_PER_EPOCH,
-            "warmup_steps": 10 * STEPS_PER_EPOCH,
-            "optimizer": "lars",
-            "learning_rate": 0.2,
-            "lr_scaling": "linear",
-            "weight_decay": 1.5e-6,
-            "momentum": 0.9,
-            "recipe": "byol",
-            "crop_min_scale": 0.08,
-            "log_every": 100,
-            "checkpoint_every": 10 * STEPS_PER_EPOCH,
-        }
+    c = configs.imagenet_config(
+        "barlow_twins", batch_size=2048, epochs=1000, warmup_epochs=10, checkpoint_every_epochs=10
     )
-    config.barlow_twins.update(
-        {"expander_dim": 8192, "lambd": 5.1e-3, "bias_lr_ratio": 0.0048 / 0.2}
-    )
-    return config.lock()
+    c.optimizer = "lars"
+    c.learning_rate = 0.2
+    c.lr_scaling = "linear"
+    c.weight_decay = 1.5e-6
+    c.momentum = 0.9
+    c.recipe = "byol"
+    c.barlow_twins.expander_dim = 8192
+    c.barlow_twins.lambd = 5.1e-3
+    c.barlow_twins.bias_lr_ratio = 0.0048 / 0.2
+    return c.lock()

@@ -14,39 +14,19 @@ the paper's.
 
 from sslax import configs
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-BATCH_SIZE = 4096
-STEPS_PER_EPOCH = IMAGENET_TRAIN_IMAGES // BATCH_SIZE  # 312
-
 
 def get_config():
-    c = configs.shapes_config("byol")
-    c.dataset = "tfds:imagenet2012"
-    c.train_split = "train"
-    c.eval_split = "validation"
-    c.image_size = 224
-    c.model = "resnet50"
-    c.width = 1.0
-    c.stem = "imagenet"
-    c.compute_dtype = "bfloat16"
+    c = configs.imagenet_config(
+        "byol", batch_size=4096, epochs=1000, warmup_epochs=10, checkpoint_every_epochs=10
+    )
     c.proj_hidden_dim = 4096
     c.proj_dim = 256
-
-    c.batch_size = BATCH_SIZE
-    c.total_steps = 1000 * STEPS_PER_EPOCH
-    c.warmup_steps = 10 * STEPS_PER_EPOCH
     c.optimizer = "lars"
     c.learning_rate = 0.2
     c.lr_scaling = "linear"
     c.weight_decay = 1.5e-6
     c.momentum = 0.9
-
     c.recipe = "byol"
-    c.crop_min_scale = 0.08
-
     c.byol.predictor_hidden_dim = 4096
     c.byol.ema_base = 0.996
-
-    c.log_every = 100
-    c.checkpoint_every = 10 * STEPS_PER_EPOCH
     return c.lock()

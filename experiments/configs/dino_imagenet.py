@@ -17,26 +17,19 @@ training set (``knn_train_examples``), not DINO's full 1.28M.
 
 from sslax import configs
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
 BATCH_SIZE = 512
-EPOCHS = 100
-STEPS_PER_EPOCH = IMAGENET_TRAIN_IMAGES // BATCH_SIZE  # drop_last, as DINO's loader
 
 
 def get_config():
-    c = configs.shapes_config("dino")
-    c.dataset = "tfds:imagenet2012"
-    c.eval_split = "validation"
-    c.image_size = 224
-    c.model = "vit_small"
+    c = configs.imagenet_config(
+        "dino",
+        batch_size=BATCH_SIZE,
+        epochs=100,
+        warmup_epochs=10,
+        model="vit_small",
+        checkpoint_every_epochs=5,
+    )
     c.patch_size = 16
-    c.stem = "imagenet"
-    c.width = 1.0
-    c.compute_dtype = "bfloat16"
-
-    c.batch_size = BATCH_SIZE
-    c.total_steps = EPOCHS * STEPS_PER_EPOCH
-    c.warmup_steps = 10 * STEPS_PER_EPOCH
     c.optimizer = "adamw"
     c.learning_rate = 5e-4
     c.lr_scaling = "linear"
@@ -58,9 +51,6 @@ def get_config():
     c.dino.center_momentum = 0.9
     c.dino.weight_decay_end = 0.4
     c.dino.clip_grad = 3.0
-    c.dino.freeze_last_layer_steps = STEPS_PER_EPOCH
+    c.dino.freeze_last_layer_steps = configs.imagenet_steps_per_epoch(BATCH_SIZE)
     c.dino.drop_path_rate = 0.1
-
-    c.log_every = 100
-    c.checkpoint_every = 5 * STEPS_PER_EPOCH
     return c.lock()

@@ -12,38 +12,22 @@ optimiser masks), and kNN (not a linear probe) is the built-in evaluation.
 
 from sslax import configs
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
 
 def get_config():
-    c = configs.shapes_config("moco_v2")
-    c.dataset = "tfds:imagenet2012"
-    c.train_split = "train"
-    c.eval_split = "validation"
-    c.image_size = 224
-    c.model = "resnet50"
-    c.width = 1.0
-    c.stem = "imagenet"
+    c = configs.imagenet_config(
+        "moco_v2", batch_size=256, epochs=200, warmup_epochs=0, compute_dtype="float32"
+    )
     c.proj_hidden_dim = 2048
     c.proj_dim = 128
-
-    c.batch_size = 256
-    c.total_steps = 200 * (IMAGENET_TRAIN_IMAGES // c.batch_size)
     c.optimizer = "sgd"
     c.learning_rate = 0.03
     c.lr_scaling = "linear"
-    c.warmup_steps = 0
     c.weight_decay = 1e-4
     c.momentum = 0.9
     c.temperature = 0.2
-
     c.recipe = "moco_v2"
     c.crop_min_scale = 0.2
-
     c.moco_v2.momentum = 0.999
     c.moco_v2.queue_size = 65_536
     c.moco_v2.shuffle_bn_groups = 8
-
-    c.log_every = 100
-    c.checkpoint_every = IMAGENET_TRAIN_IMAGES // c.batch_size  # every epoch
     return c.lock()

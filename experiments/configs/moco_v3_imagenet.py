@@ -12,39 +12,18 @@ For ViT-S/ViT-B (73.2 / 76.7 at 300 epochs) the paper uses AdamW and temperature
 
 from sslax import configs
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-
 
 def get_config():
-    c = configs.shapes_config("moco_v3")
-    c.dataset = "tfds:imagenet2012"
-    c.train_split = "train"
-    c.eval_split = "validation"
-    c.image_size = 224
-    c.model = "resnet50"
-    c.width = 1.0
-    c.stem = "imagenet"
-    c.compute_dtype = "bfloat16"
+    c = configs.imagenet_config("moco_v3", batch_size=4096, epochs=100, warmup_epochs=10)
     c.proj_hidden_dim = 4096
     c.proj_dim = 256
-
-    steps_per_epoch = IMAGENET_TRAIN_IMAGES // 4096
-    c.batch_size = 4096
-    c.total_steps = 100 * steps_per_epoch
     c.optimizer = "lars"
     c.learning_rate = 0.6
     c.lr_scaling = "linear"
-    c.warmup_steps = 10 * steps_per_epoch
     c.weight_decay = 1e-6
     c.momentum = 0.9
     c.temperature = 1.0
-
     c.recipe = "byol"
-    c.crop_min_scale = 0.08
-
     c.moco_v3.momentum_base = 0.99
     c.moco_v3.pred_hidden_dim = 4096
-
-    c.log_every = 100
-    c.checkpoint_every = steps_per_epoch
     return c.lock()

@@ -13,39 +13,18 @@ the paper's.
 
 from sslax import configs
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-BATCH_SIZE = 256
-STEPS_PER_EPOCH = IMAGENET_TRAIN_IMAGES // BATCH_SIZE  # 5004
-
 
 def get_config():
-    c = configs.shapes_config("simsiam")
-    c.dataset = "tfds:imagenet2012"
-    c.train_split = "train"
-    c.eval_split = "validation"
-    c.image_size = 224
-    c.model = "resnet50"
-    c.width = 1.0
-    c.stem = "imagenet"
-    c.compute_dtype = "bfloat16"
+    c = configs.imagenet_config("simsiam", batch_size=256, epochs=100, warmup_epochs=0)
     c.proj_hidden_dim = 2048
     c.proj_dim = 2048
-
-    c.batch_size = BATCH_SIZE
-    c.total_steps = 100 * STEPS_PER_EPOCH
-    c.warmup_steps = 0
     c.optimizer = "sgd"
     c.learning_rate = 0.05
     c.lr_scaling = "linear"
     c.weight_decay = 1e-4
     c.momentum = 0.9
-
     c.recipe = "moco_v2"
     c.crop_min_scale = 0.2
-
     c.simsiam.predictor_hidden_dim = 512
     c.simsiam.fixed_predictor_lr = True
-
-    c.log_every = 100
-    c.checkpoint_every = STEPS_PER_EPOCH
     return c.lock()

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sslax import augment, diagnostics, losses
+from sslax import augment, losses
 from sslax.methods import common
 from sslax.models import MLPHead
 
@@ -53,22 +53,6 @@ def encoder(config: ml_collections.ConfigDict):
     width = config.barlow_twins.expander_dim
     head = MLPHead(hidden_dims=(width, width), out_dim=width, dtype=common.compute_dtype(config))
     return common.encoder(config, head=head)
-
-
-def embed_views(model, params, batch_stats, views):
-    """Runs the two halves of ``views`` (2N rows, view-major) through ``model`` in train mode.
-
-    vmap over the view axis gives each view its own BatchNorm statistics, as the official
-    code's two forward passes do, in one batched pass. The running averages take the mean of
-    the two views' statistics. Returns z1, z2 ([N, D] each) and the new batch_stats.
-    """
-    pairs = views.reshape(2, views.shape[0] // 2, *views.shape[1:])
-
-    def forward(x):
-        return common.apply_model(model, params, batch_stats, x, train=True)
-
-    (_, z), updated = jax.vmap(forward)(pairs)
-    return z[0], z[1], jax.tree.map(lambda s: jnp.mean(s, axis=0), updated)
 
 
 def loss_terms(z1: jax.Array, z2: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -115,49 +99,27 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     recipe = common.view_recipe(config)
     loss_of = objective(config)
 
-    def init(rng, images):
-        params, batch_stats = common.init_variables(model, rng, images)
-        return common.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=tx.init(params),
-        )
-
     def train_step(state, batch, rng):
         step_key = jax.random.fold_in(rng, state.step)
         views = augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
 
         def loss_fn(params):
-            z1, z2, batch_stats = embed_views(model, params, state.batch_stats, views)
+            z1, z2, batch_stats = common.embed_views_separately(
+                model, params, state.batch_stats, views
+            )
             return loss_of(z1, z2), (z1, z2, batch_stats)
 
         (loss, (z1, z2, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-        )
+        new_state = common.apply_gradients(state, tx, grads, batch_stats)
         on_diagonal, off_diagonal = loss_terms(z1, z2)
-        metrics = {
-            "loss": loss,
-            "embedding_std": diagnostics.embedding_std(jnp.concatenate([z1, z2])),
-            "on_diagonal": on_diagonal,
-            "off_diagonal": off_diagonal,
-            "grad_norm": optax.tree.norm(grads),
-            "learning_rate": schedule(state.step),
-        }
+        metrics = common.step_metrics(loss, jnp.concatenate([z1, z2]), grads, schedule(state.step))
+        metrics.update(on_diagonal=on_diagonal, off_diagonal=off_diagonal)
         return new_state, metrics
 
-    def encode(state, images):
-        return model.apply(
-            {"params": state.params, "batch_stats": state.batch_stats},
-            common.images_to_float(images),
-            train=False,
-        )
-
-    return common.Method(init=init, train_step=train_step, encode=encode)
+    return common.Method(
+        init=common.state_initializer(model, tx),
+        train_step=train_step,
+        encode=common.encoder_of(model),
+    )

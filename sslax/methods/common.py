@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax import augment, optim
+from sslax import augment, diagnostics, optim
 from sslax.models import Encoder, MLPHead, backbone_from_config
 
 
@@ -60,7 +60,7 @@ def backbone(config: ml_collections.ConfigDict):
 
 
 def encoder(config: ml_collections.ConfigDict, head=None) -> Encoder:
-    """Backbone + head; the default head is SimCLR's projector of ``proj_hidden_dim``/``proj_dim``."""
+    """Backbone + head; by default SimCLR's projector, ``proj_hidden_dim`` -> ``proj_dim``."""
     if head is None:
         head = MLPHead(
             hidden_dims=(config.proj_hidden_dim,),
@@ -138,3 +138,74 @@ def images_to_float(images: jax.Array) -> jax.Array:
 def init_variables(model, rng, images):
     variables = model.init(rng, images_to_float(images), train=False)
     return variables["params"], variables.get("batch_stats", {})
+
+
+def embed_views_separately(model, params, batch_stats, views):
+    """Runs the two halves of ``views`` (2N rows, view-major) through ``model`` in train mode.
+
+    vmap over the view axis gives each view its own BatchNorm statistics, as two forward
+    passes would (the official Barlow Twins and VICReg code), in one batched pass. The running
+    averages take the mean of the two views' statistics. Returns z1, z2 ([N, D] each) and the
+    new batch_stats.
+    """
+    pairs = views.reshape(2, views.shape[0] // 2, *views.shape[1:])
+
+    def forward(x):
+        return apply_model(model, params, batch_stats, x, train=True)
+
+    (_, z), updated = jax.vmap(forward)(pairs)
+    return z[0], z[1], jax.tree.map(lambda s: jnp.mean(s, axis=0), updated)
+
+
+def state_initializer(model, tx) -> Callable:
+    """``init(rng, images) -> TrainState`` for methods whose state is one network."""
+
+    def init(rng, images):
+        params, batch_stats = init_variables(model, rng, images)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=tx.init(params),
+        )
+
+    return init
+
+
+def encoder_of(model, part: str | None = None) -> Callable:
+    """``encode(state, images) -> (h, z)`` in evaluation mode.
+
+    ``part`` names the entry of ``state.params``/``state.batch_stats`` that holds ``model``'s
+    variables when the state carries more networks (``"encoder"`` beside a predictor).
+    """
+
+    def encode(state, images):
+        params, batch_stats = state.params, state.batch_stats
+        if part is not None:
+            params, batch_stats = params[part], batch_stats[part]
+        return model.apply(
+            {"params": params, "batch_stats": batch_stats}, images_to_float(images), train=False
+        )
+
+    return encode
+
+
+def apply_gradients(state, tx, grads, batch_stats):
+    """One optimiser update: the state with new params, opt_state and batch_stats, step + 1."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    return state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+    )
+
+
+def step_metrics(loss, embeddings, grads, learning_rate) -> dict[str, jax.Array]:
+    """The metrics every method logs; methods add their own."""
+    return {
+        "loss": loss,
+        "embedding_std": diagnostics.embedding_std(embeddings),
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": learning_rate,
+    }

@@ -209,7 +209,38 @@ def _entropy(probs):
     return -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for ``config.dino`` values DINO cannot run with."""
+    cfg = config.dino
+    rules = {
+        "out_dim": (lambda v: v >= 1, ">= 1"),
+        "hidden_dim": (lambda v: v >= 1, ">= 1"),
+        "bottleneck_dim": (lambda v: v >= 1, ">= 1"),
+        "num_layers": (lambda v: v >= 1, ">= 1"),
+        "num_local": (lambda v: v >= 0, ">= 0"),
+        "local_size": (lambda v: v >= 1, ">= 1"),
+        "student_temp": (lambda v: v > 0, "> 0"),
+        "teacher_temp": (lambda v: v > 0, "> 0"),
+        "warmup_teacher_temp": (lambda v: v > 0, "> 0"),
+        "warmup_teacher_temp_steps": (lambda v: v >= 0, ">= 0"),
+        "center_momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "teacher_momentum_base": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "clip_grad": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+        "freeze_last_layer_steps": (lambda v: v >= 0, ">= 0"),
+        "weight_decay_end": (lambda v: v >= 0, ">= 0"),
+        "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    }
+    for name, (ok, rule) in rules.items():
+        if not ok(cfg[name]):
+            raise ValueError(f"dino.{name} must be {rule}, got {cfg[name]}")
+    if config.model in VIT_PRESETS and cfg.num_local and cfg.local_size % config.patch_size:
+        raise ValueError(
+            f"dino.local_size {cfg.local_size} does not divide by patch_size {config.patch_size}"
+        )
+
+
 def make(config: ml_collections.ConfigDict) -> common.Method:
+    check_config(config)
     cfg = config.dino
     dtype = common.compute_dtype(config)
     head = DINOHead(
@@ -224,11 +255,6 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     teacher_backbone = common.backbone(config)
     student_backbone = teacher_backbone
     if config.model in VIT_PRESETS:
-        if cfg.local_size % config.patch_size:
-            raise ValueError(
-                f"dino.local_size {cfg.local_size} does not divide by patch_size "
-                f"{config.patch_size}"
-            )
         student_backbone = vit_from_name(
             config.model,
             patch_size=config.patch_size,
@@ -269,7 +295,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
 
         (_, t), teacher_updates = teacher.apply(
             {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats},
-            crops[0],
+            crops[0][: 2 * n],  # views come view-major, globals first
             train=True,
             mutable=["batch_stats"],
         )
@@ -291,8 +317,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             return loss, (s, updated["batch_stats"])
 
         (loss, (s, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        new_state = common.apply_gradients(state, tx, grads, batch_stats)
+        params = new_state.params
 
         momentum = common.cosine_ema_momentum(
             state.step, base=cfg.teacher_momentum_base, total_steps=config.total_steps
@@ -302,11 +328,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             center = losses.dino_center_update(center, t, momentum=cfg.center_momentum)
 
         targets = jax.nn.softmax((t - state.center) / teacher_temp, axis=-1)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
+        new_state = new_state.replace(
             teacher_params=common.ema_update(state.teacher_params, params, momentum),
             teacher_batch_stats=teacher_updates["batch_stats"],
             center=center,
@@ -325,11 +347,4 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         }
         return new_state, metrics
 
-    def encode(state, images):
-        return student.apply(
-            {"params": state.params, "batch_stats": state.batch_stats},
-            common.images_to_float(images),
-            train=False,
-        )
-
-    return common.Method(init=init, train_step=train_step, encode=encode)
+    return common.Method(init=init, train_step=train_step, encode=common.encoder_of(student))

@@ -221,15 +221,11 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             return loss, (q1, batch_stats)
 
         (loss, (q1, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        new_state = common.apply_gradients(state, tx, grads, batch_stats)
+        params = new_state.params
         target_params = common.ema_update(state.target_params, params, momentum)
         queue, queue_ptr = losses.moco_enqueue(state.queue, state.queue_ptr, k2)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
+        new_state = new_state.replace(
             target_params=target_params,
             target_batch_stats=common.ema_update(state.target_batch_stats, batch_stats, momentum),
             queue=queue,
@@ -250,11 +246,4 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         }
         return new_state, metrics
 
-    def encode(state, images):
-        return model.apply(
-            {"params": state.params, "batch_stats": state.batch_stats},
-            common.images_to_float(images),
-            train=False,
-        )
-
-    return common.Method(init=init, train_step=train_step, encode=encode)
+    return common.Method(init=init, train_step=train_step, encode=common.encoder_of(model))

@@ -192,16 +192,12 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             return loss, (p1, {"encoder": enc_stats, "predictor": pred_stats})
 
         (loss, (p1, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        new_state = common.apply_gradients(state, tx, grads, batch_stats)
+        params = new_state.params
         momentum = common.cosine_ema_momentum(
             state.step, base=section.momentum_base, total_steps=config.total_steps
         )
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
+        new_state = new_state.replace(
             target_params=common.ema_update(state.target_params, params["encoder"], momentum),
             target_batch_stats=common.ema_update(
                 state.target_batch_stats, batch_stats["encoder"], momentum
@@ -219,11 +215,6 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         }
         return new_state, metrics
 
-    def encode(state, images):
-        return encoder.apply(
-            {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]},
-            common.images_to_float(images),
-            train=False,
-        )
-
-    return common.Method(init=init, train_step=train_step, encode=encode)
+    return common.Method(
+        init=init, train_step=train_step, encode=common.encoder_of(encoder, "encoder")
+    )

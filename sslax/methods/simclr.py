@@ -8,11 +8,9 @@ negative. BatchNorm sees all 2N views at once, over the whole global batch.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
-from sslax import augment, diagnostics, losses
+from sslax import augment, losses
 from sslax.methods import common
 
 
@@ -27,15 +25,6 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     tx = common.optimizer(config, schedule)
     recipe = common.view_recipe(config)
     temperature = config.temperature
-
-    def init(rng, images):
-        params, batch_stats = common.init_variables(model, rng, images)
-        return common.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=tx.init(params),
-        )
 
     def train_step(state, batch, rng):
         step_key = jax.random.fold_in(rng, state.step)
@@ -53,26 +42,11 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             return loss, (z, updated["batch_stats"])
 
         (loss, (z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-        )
-        metrics = {
-            "loss": loss,
-            "embedding_std": diagnostics.embedding_std(z),
-            "grad_norm": optax.global_norm(grads),
-            "learning_rate": schedule(state.step),
-        }
-        return new_state, metrics
+        new_state = common.apply_gradients(state, tx, grads, batch_stats)
+        return new_state, common.step_metrics(loss, z, grads, schedule(state.step))
 
-    def encode(state, images):
-        return model.apply(
-            {"params": state.params, "batch_stats": state.batch_stats},
-            common.images_to_float(images),
-            train=False,
-        )
-
-    return common.Method(init=init, train_step=train_step, encode=encode)
+    return common.Method(
+        init=common.state_initializer(model, tx),
+        train_step=train_step,
+        encode=common.encoder_of(model),
+    )

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax import augment, diagnostics, losses
+from sslax import augment, losses
 from sslax.methods import common
 from sslax.models import MLPHead
 
@@ -127,26 +127,9 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             return loss, (z, {"encoder": encoder_stats, "predictor": predictor_stats})
 
         (loss, (z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-        )
-        metrics = {
-            "loss": loss,
-            "embedding_std": diagnostics.embedding_std(z),
-            "grad_norm": optax.tree.norm(grads),
-            "learning_rate": schedule(state.step),
-        }
-        return new_state, metrics
+        new_state = common.apply_gradients(state, tx, grads, batch_stats)
+        return new_state, common.step_metrics(loss, z, grads, schedule(state.step))
 
-    def encode(state, images):
-        return model.apply(
-            {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]},
-            common.images_to_float(images),
-            train=False,
-        )
-
-    return common.Method(init=init, train_step=train_step, encode=encode)
+    return common.Method(
+        init=init, train_step=train_step, encode=common.encoder_of(model, "encoder")
+    )
