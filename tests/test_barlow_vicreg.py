@@ -14,9 +14,6 @@ from sslax import augment, configs
 from sslax.data import shapes
 from sslax.methods import barlow_twins, common, vicreg
 
-# Issue 5 work in progress: not yet run by CI on a clean machine, so kept out of the
-# default suite until it is (run with `pytest -m slow`).
-pytestmark = pytest.mark.slow
 
 BATCH = 32
 EXPANDER = 32

@@ -16,9 +16,6 @@ from sslax import configs, optim
 from sslax.data import shapes
 from sslax.methods import byol, simsiam
 
-# Issue 5 work in progress: not yet run by CI on a clean machine, so kept out of the
-# default suite until it is (run with `pytest -m slow`).
-pytestmark = pytest.mark.slow
 
 MODULES = {"byol": byol, "simsiam": simsiam}
 BATCH = 32

@@ -22,9 +22,6 @@ from sslax.data import shapes
 from sslax.methods import common, dino
 from sslax.models import last_layer_mask
 
-# Issue 5 work in progress: not yet run by CI on a clean machine, so kept out of the
-# default suite until it is (run with `pytest -m slow`).
-pytestmark = pytest.mark.slow
 
 K = 256
 LOG_K = math.log(K)

@@ -1,8 +1,11 @@
-"""VICReg on the built-in shapes dataset: the laptop-scale run.
+"""VICReg on the built-in shapes dataset: the laptop scale of `--config.method=vicreg`.
 
-The shared shapes setting (narrow ResNet-18, batch 256, 800 steps, LARS) with VICReg's own
-choices: the asymmetric BYOL views of the official code, weight decay 1e-6, a 256-256-256
-expander and loss coefficients 25 / 25 / 1 (``sslax.methods.vicreg.defaults``).
+The shapes base (narrow ResNet-18, 800 steps at batch 256, LARS at lr 1.0 x B/256, crop area >=
+25%, the shapes-tuned SimCLR views) with VICReg's own choices: weight decay 1e-6, a 256-256-256
+expander and loss coefficients 25 / 25 / 1 (``sslax.methods.vicreg.defaults``). The views and
+the learning rate are those that worked best for Barlow Twins (see ``barlow_twins.py``);
+VICReg itself reached 0.239 kNN top-1 in 400 steps with the SimCLR views at lr 0.3.
+``vicreg_imagenet.py`` keeps the paper's values.
 """
 
 from sslax import configs
@@ -10,7 +13,5 @@ from sslax import configs
 
 def get_config():
     config = configs.shapes_config("vicreg")
-    config.recipe = "byol"
     config.weight_decay = 1e-6
-    config.learning_rate = 0.3
     return config.lock()
