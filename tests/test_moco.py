@@ -319,7 +319,7 @@ def test_v3_contrastive_loss_is_cross_entropy_over_the_batch_times_two_tau():
 
 @pytest.fixture(scope="module")
 def v3(images):
-    config = _config("moco_v3", pred_hidden_dim=32)
+    config = _config("moco_v3", pred_hidden_dim=32, momentum_base=0.99)
     method = moco_v3.make(config)
     step = jax.jit(method.train_step)
     states, metrics = _run(step, _init(method), images, STEPS)

@@ -5,7 +5,7 @@ hidden 256, bottleneck 64, BatchNorm in the MLP as DINO's ResNet runs use), two 
 32 px and four local crops at 16 px, and the official optimisation: AdamW at 5e-4 x batch/256
 with a 10% warm-up, weight decay cosine 0.04 -> 0.4, gradients clipped per tensor to norm 3, the
 last layer frozen for the first 25 steps, teacher momentum 0.99 cosine to 1 (the paper's 0.996
-is for runs of 10^5 steps), teacher
+is for runs of 10^5 steps; kNN top-1 0.136 with it, 0.138 with 0.99), teacher
 temperature 0.04 against the student's 0.1, centre momentum 0.9. The view settings of the shared
 config (recipe, augment_strength, crop_min_scale) do not apply: the crops are DINO's
 multi-crop recipe. Run with `python -m sslax.train --config=experiments/configs/dino.py`.

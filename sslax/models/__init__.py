@@ -51,7 +51,7 @@ def backbone_from_config(
     image_size: int = 224,
     dtype: Any = jnp.float32,
 ) -> nn.Module:
-    """A backbone by name: ResNets use ``width`` and ``stem``, ViTs ``patch_size``/``image_size``."""
+    """A backbone by name: ResNets use width and stem, ViTs patch_size and image_size."""
     if model in VIT_PRESETS:
         return vit_from_name(model, patch_size=patch_size, image_size=image_size, dtype=dtype)
     if model not in STAGES:
