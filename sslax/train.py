@@ -412,7 +412,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except Exception as e:  # flags.Error, and the KeyError/TypeError of config overrides
-        _fail(e)
+        message = str(e)
+        if "Traceback" in message:
+            # A config file's get_config() raised: ml_collections wraps the whole traceback
+            # into the flag error; its last line is the exception that says what is wrong.
+            head = message.split("Traceback")[0].strip()
+            last = [line for line in message.splitlines() if line.strip()][-1].strip()
+            message = f"{head} {last}"
+        _fail(message)
 
 
 def main(argv: list[str], config_flag, workdir_flag) -> None:
@@ -436,7 +443,12 @@ def main(argv: list[str], config_flag, workdir_flag) -> None:
         f"{config.method}-{config.dataset.replace(':', '_')}-"
         f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    train_and_evaluate(config, workdir)
+    from sslax.data import pipeline
+
+    try:
+        train_and_evaluate(config, workdir)
+    except pipeline.DatasetError as e:  # e.g. a TFDS dataset that is not prepared yet
+        _fail(e)
 
 
 def run() -> None:

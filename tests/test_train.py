@@ -1,11 +1,14 @@
 """The main command end to end: outputs, resume, and bad flags."""
 
 import json
+import pathlib
 
 import pytest
 from cli_runs import TINY, run_cli
 
 from sslax import train
+
+CIFAR_CONFIG = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "configs" / "cifar.py"
 
 
 def _tiny_config(**overrides):
@@ -79,6 +82,7 @@ def test_rerun_in_the_same_workdir_resumes(tmp_path, data_dir, monkeypatch):
         ("--config.batch_size=lots", "batch_size"),
         ("--no_such_flag=3", "no_such_flag"),
         ("--config=/no/such/config.py", "cannot load --config"),
+        (f"--config={CIFAR_CONFIG}:byl", "unknown method 'byl'; choose one of simclr"),
     ],
 )
 def test_bad_flags_fail_with_one_line_and_exit_2_before_compiling(
@@ -92,3 +96,15 @@ def test_bad_flags_fail_with_one_line_and_exit_2_before_compiling(
     assert message in error_lines[0] and error_lines[0].startswith("sslax.train: error:")
     assert not workdir.exists()
     assert "Compiling" not in result.stderr + result.stdout
+
+
+def test_unprepared_tfds_dataset_fails_with_the_command_that_prepares_it(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    flags = [f"--config={CIFAR_CONFIG}:simclr", f"--config.data_dir={tmp_path / 'tfds'}"]
+    result = run_cli([f"--workdir={workdir}", *flags], data_dir)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    # TFDS itself may log a warning line first; ours is the last line.
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sslax.train: error: TFDS dataset 'cifar10'"), result.stderr
+    assert "tfds build cifar10 --file_format=array_record" in last
+    assert "Traceback" not in result.stderr and not workdir.exists()
