@@ -40,8 +40,18 @@ def _config(name):
     return config
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", methods.METHODS)
+# In the default suite: SimCLR, whose BatchNorm sees both views together, and Barlow Twins,
+# whose BatchNorm sees each view on its own (vmapped); the other methods with `pytest -m slow`.
+DEFAULT_SUITE = ("simclr", "barlow_twins")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=() if n in DEFAULT_SUITE else pytest.mark.slow)
+        for n in methods.METHODS
+    ],
+)
 def test_one_step_on_eight_devices_equals_one_device(name):
     method = methods.get(name).make(_config(name))
     images = np.random.default_rng(0).integers(0, 256, (BATCH, 16, 16, 3), dtype=np.uint8)
