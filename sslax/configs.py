@@ -33,6 +33,10 @@ def shapes_config(method: str) -> ml_collections.ConfigDict:
     c.train_split = "train"
     c.eval_split = "test"  # held-out split for kNN ("validation" for tfds:imagenet2012)
 
+    # Device mesh: ("data", n) splits the batch; ("fsdp", n) splits the batch too and also the
+    # large parameters and optimiser state (for ViT-B and larger). -1: the remaining devices.
+    c.mesh = (("data", -1),)
+
     c.model = "resnet18"
     c.width = 0.25
     c.stem = "imagenet"

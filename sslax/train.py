@@ -51,9 +51,17 @@ def validate_config(config, *, num_devices: int) -> None:
     except pipeline.DatasetError as e:
         raise ConfigError(str(e)) from None
     need(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
+    from sslax import parallel
+
+    try:
+        mesh_shape = dict(parallel.parse_mesh_spec(config.mesh, num_devices))
+    except parallel.MeshError as e:
+        raise ConfigError(str(e)) from None
+    batch_shards = mesh_shape.get("data", 1) * mesh_shape.get("fsdp", 1)
     need(
-        config.batch_size % num_devices == 0,
-        f"batch_size {config.batch_size} does not divide by the {num_devices} devices",
+        config.batch_size % batch_shards == 0,
+        f"batch_size {config.batch_size} does not divide by the {batch_shards} devices of the "
+        f"mesh's batch axes {mesh_shape}",
     )
     need(config.total_steps > 0, f"total_steps must be positive, got {config.total_steps}")
     need(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
@@ -109,13 +117,22 @@ def validate_config(config, *, num_devices: int) -> None:
 
 
 def params_checksum(params) -> str:
-    """SHA-256 over the parameters' bytes in tree order: equal only for bit-identical runs."""
+    """SHA-256 over the parameters' bytes in tree order: equal only for bit-identical runs.
+
+    Collective when parameters are split over processes (fsdp): every process must call it.
+    """
     import jax
     import numpy as np
+    from jax.experimental import multihost_utils
 
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(jax.device_get(params)):
-        digest.update(np.ascontiguousarray(leaf).tobytes())
+    for leaf in jax.tree.leaves(params):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            if not leaf.is_fully_replicated:
+                leaf = multihost_utils.process_allgather(leaf, tiled=True)
+            else:
+                leaf = leaf.addressable_data(0)
+        digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
     return digest.hexdigest()
 
 
@@ -182,22 +199,32 @@ def _plot(history: list[dict], path: pathlib.Path):
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     """Pretrains ``config.method`` in ``workdir``, resuming from its newest checkpoint if any.
 
-    Returns the results dict also written to ``workdir/results.json``.
+    Runs on every device of every process, over the mesh ``config.mesh``. Returns the results
+    dict also written to ``workdir/results.json``.
     """
+    import jax
+
+    from sslax import parallel
+
+    mesh = parallel.make_mesh(config.mesh)
+    # The mesh in context lets a method's shard_map (SimCLR's chunked loss) find its axes.
+    with jax.set_mesh(mesh):
+        return _train_and_evaluate(config, pathlib.Path(workdir), mesh)
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
     import jax
     import numpy as np
     import orbax.checkpoint as ocp
-    from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from sslax import diagnostics, eval as sslax_eval, methods
+    from sslax import diagnostics, eval as sslax_eval, methods, parallel
     from sslax.data import pipeline
 
     start_time = time.time()
     workdir = pathlib.Path(workdir).resolve()
     is_chief = jax.process_index() == 0
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    replicated = NamedSharding(mesh, P())
-    data_sharding = NamedSharding(mesh, P("data"))
+    replicated = parallel.replicated(mesh)
+    data_sharding = parallel.batch_sharding(mesh)
 
     method = methods.get(config.method).make(config)
     data_dir = config.data_dir or None
@@ -216,24 +243,27 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     rng = jax.random.key(config.seed)
     init_key, step_key = jax.random.split(rng)
     sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)
-    init_state = jax.jit(method.init, out_shardings=replicated)(init_key, sample)
-    state_shardings = jax.tree.map(lambda _: replicated, init_state)
+    state_shardings = parallel.state_shardings(jax.eval_shape(method.init, init_key, sample), mesh)
+    init_state = jax.jit(method.init, out_shardings=state_shardings)(init_key, sample)
 
-    encode = jax.jit(method.encode, in_shardings=(state_shardings, data_sharding))
+    # Features come back replicated so that every process can read them whole.
+    encode = jax.jit(
+        method.encode, in_shardings=(state_shardings, data_sharding), out_shardings=replicated
+    )
     knn_train = pipeline.split_arrays(train_source, max_examples=config.knn_train_examples)
     knn_test = pipeline.split_arrays(test_source, max_examples=config.knn_test_examples)
-    eval_batch = max(jax.device_count(), 1024 // jax.device_count() * jax.device_count())
+    # Evaluation batches: up to 1024 images, a multiple of the batch shards, no bigger than
+    # the data needs (small kNN sets would otherwise run mostly padding).
+    shards = parallel.num_batch_shards(mesh)
+    largest = max(len(knn_train[0]), len(knn_test[0]))
+    eval_batch = min(max(shards, 1024 // shards * shards), -(-largest // shards) * shards)
 
     def evaluate(state) -> dict[str, float]:
         def forward(x):
-            return encode(state, x)
+            return encode(state, parallel.host_array_to_global(x, data_sharding))
 
-        h_train, _ = sslax_eval.extract_features(
-            forward, knn_train[0], batch_size=eval_batch, sharding=data_sharding
-        )
-        h_test, z_test = sslax_eval.extract_features(
-            forward, knn_test[0], batch_size=eval_batch, sharding=data_sharding
-        )
+        h_train, _ = sslax_eval.extract_features(forward, knn_train[0], batch_size=eval_batch)
+        h_test, z_test = sslax_eval.extract_features(forward, knn_test[0], batch_size=eval_batch)
         return {
             "knn_top1": sslax_eval.knn_top1(
                 h_train,
@@ -273,22 +303,19 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         log.print(f"resuming from the checkpoint at step {int(state.step)} in {workdir}")
     first_step = int(state.step)
 
+    local_rows = parallel.local_batch_rows(data_sharding, config.batch_size)
     batches = pipeline.train_batches(
         train_source,
         global_batch_size=config.batch_size,
         seed=config.seed,
         start_step=first_step,
         end_step=config.total_steps,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        rows=local_rows,
     )
 
     def to_global(local_batch):
-        return {
-            k: jax.make_array_from_process_local_data(data_sharding, v)
-            for k, v in local_batch.items()
-            if k in ("image", "index")
-        }
+        fields = {k: local_batch[k] for k in ("image", "index")}
+        return parallel.global_batch(fields, local_rows, data_sharding, config.batch_size)
 
     train_step = jax.jit(
         method.train_step,
@@ -306,7 +333,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
         log.print(
             f"compiled the train step in {compile_s:.1f}s; training steps "
             f"{first_step}..{config.total_steps} at batch {config.batch_size} on "
-            f"{jax.device_count()} device(s)"
+            f"{jax.device_count()} device(s) of {jax.process_count()} process(es), mesh "
+            f"{dict(mesh.shape)}"
         )
 
         pending, throughput = [], []
@@ -402,9 +430,9 @@ def _print_summary(results: dict, log: _Logger):
     log.print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     print(f"sslax.train: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -422,10 +450,39 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail(message)
 
 
+def _start_distributed() -> None:
+    """JAX's multi-controller runtime, from the --distributed* flags (see sslax.parallel)."""
+    from sslax import parallel
+
+    f = flags.FLAGS
+    if f.coordinator_address and f.distributed != "off":
+        # JAX ends the process itself if the others do not come up in time; say what it awaits.
+        print(
+            f"process {f.process_id} of {f.num_processes}: connecting to the coordinator at "
+            f"{f.coordinator_address} (waiting up to {f.distributed_timeout_s}s for the others)",
+            file=sys.stderr,
+            flush=True,
+        )
+    try:
+        parallel.initialize_distributed(
+            f.distributed,
+            coordinator_address=f.coordinator_address,
+            num_processes=f.num_processes,
+            process_id=f.process_id,
+            timeout_s=f.distributed_timeout_s,
+        )
+    except ValueError as e:
+        _fail(e)
+    except Exception as e:  # the coordinator never answered, a peer never came up, ...
+        _fail(f"could not start the distributed runtime: {type(e).__name__}: {e}", code=1)
+
+
 def main(argv: list[str], config_flag, workdir_flag) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}")
     import jax
+
+    _start_distributed()
 
     # orbax and grain log every save and read at INFO; the progress lines are ours.
     if not flags.FLAGS["verbosity"].present:
@@ -439,6 +496,8 @@ def main(argv: list[str], config_flag, workdir_flag) -> None:
         validate_config(config, num_devices=jax.device_count())
     except ConfigError as e:
         _fail(e)
+    if jax.process_count() > 1 and not workdir_flag.value:
+        _fail("a multi-process run needs --workdir, a folder that every process sees")
     workdir = workdir_flag.value or pathlib.Path("runs") / (
         f"{config.method}-{config.dataset.replace(':', '_')}-"
         f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
@@ -449,6 +508,32 @@ def main(argv: list[str], config_flag, workdir_flag) -> None:
         train_and_evaluate(config, workdir)
     except pipeline.DatasetError as e:  # e.g. a TFDS dataset that is not prepared yet
         _fail(e)
+
+
+def _define_distributed_flags() -> None:
+    from sslax import parallel
+
+    flags.DEFINE_enum(
+        "distributed",
+        "auto",
+        list(parallel.DISTRIBUTED_MODES),
+        "Multi-process runtime: 'auto' starts it when the three flags below are given or a "
+        "SLURM/Open MPI launch of several tasks is detected; 'on' always (JAX auto-detects TPU "
+        "pods and SLURM); 'off' never.",
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "HOST:PORT of process 0's coordination service."
+    )
+    flags.DEFINE_integer("num_processes", None, "Number of processes in the run.", lower_bound=1)
+    flags.DEFINE_integer(
+        "process_id", None, "This process's index, 0..num_processes-1.", lower_bound=0
+    )
+    flags.DEFINE_integer(
+        "distributed_timeout_s",
+        100,
+        "Seconds before the others give up on a process that died or never started.",
+        lower_bound=1,
+    )
 
 
 def run() -> None:
@@ -467,6 +552,7 @@ def run() -> None:
     workdir_flag = flags.DEFINE_string(
         "workdir", None, "Run folder; default: a new folder under ./runs/."
     )
+    _define_distributed_flags()
     app.run(
         functools.partial(main, config_flag=config_flag, workdir_flag=workdir_flag),
         flags_parser=_parse_flags,

@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import re
 
 import pytest
 
@@ -20,6 +21,7 @@ def load(name: str, arg: str | None = None):
 
 CASES = [(f, None) for f in FILES if f != "cifar"]
 CASES += [("cifar", m) for m in methods.METHODS] + [("cifar", "byol,cifar100")]
+CASES += [("simclr_imagenet", "batch_size=256,epochs=100,lr_scaling=sqrt")]
 
 
 @pytest.mark.parametrize("name, arg", CASES, ids=[f"{n}:{a}" if a else n for n, a in CASES])
@@ -48,6 +50,42 @@ def test_bad_cifar_arguments_are_refused():
         load("cifar", "simclr2")
     with pytest.raises(ValueError, match="unknown dataset 'svhn'"):
         load("cifar", "simclr,svhn")
+
+
+def test_simclr_imagenet_argument_string_sets_batch_epochs_and_scaling():
+    default = load("simclr_imagenet")
+    assert load("simclr_imagenet", "") == default
+    assert load("simclr_imagenet", "batch_size=4096,epochs=1000,lr_scaling=linear") == default
+    # Any subset, any order; epochs become steps at the batch size (1,281,167 // 512 = 2502).
+    config = load("simclr_imagenet", "lr_scaling=sqrt, epochs=200,batch_size=512")
+    assert (config.batch_size, config.total_steps, config.warmup_steps) == (512, 500_400, 25_020)
+    assert config.checkpoint_every == 25_020
+    assert (config.lr_scaling, config.learning_rate) == ("sqrt", 0.075)
+    assert config.is_locked
+    config = load("simclr_imagenet", "epochs=100")
+    assert (config.batch_size, config.total_steps, config.lr_scaling) == (4096, 31_200, "linear")
+    assert config.learning_rate == 0.3
+    changed = {"total_steps", "warmup_steps", "checkpoint_every"}
+    assert {k: v for k, v in config.items() if k not in changed} == {
+        k: v for k, v in default.items() if k not in changed
+    }  # nothing else changes
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("batch=256", "unknown argument 'batch=256'"),
+        ("epochs", "unknown argument 'epochs'"),
+        ("epochs=100,epochs=200", "epochs given twice"),
+        ("lr_scaling=none", "lr_scaling must be linear or sqrt, got 'none'"),
+        ("batch_size=0", "batch_size must be an integer, at least 1"),
+        ("batch_size=2e3", "batch_size must be an integer"),
+        ("epochs=10", "epochs must be an integer, at least 11"),
+    ],
+)
+def test_bad_simclr_imagenet_arguments_are_refused(arg, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load("simclr_imagenet", arg)
 
 
 # Paper recipes (REFERENCES.md): batch, epochs, warm-up epochs, optimiser, peak learning rate at

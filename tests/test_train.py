@@ -83,6 +83,8 @@ def test_rerun_in_the_same_workdir_resumes(tmp_path, data_dir, monkeypatch):
         ("--no_such_flag=3", "no_such_flag"),
         ("--config=/no/such/config.py", "cannot load --config"),
         (f"--config={CIFAR_CONFIG}:byl", "unknown method 'byl'; choose one of simclr"),
+        ("--config.mesh=(('data', 2),)", "mesh [('data', 2)] has 2 devices, but there are 1"),
+        ("--num_processes=2", "go together"),
     ],
 )
 def test_bad_flags_fail_with_one_line_and_exit_2_before_compiling(

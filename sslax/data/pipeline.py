@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
@@ -134,28 +134,38 @@ def train_batches(
     end_step: int,
     process_index: int = 0,
     process_count: int = 1,
+    rows: Sequence[int] | None = None,
     num_threads: int = 2,
     prefetch: int = 4,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """This process's slices of the global training batches for steps [start_step, end_step).
+    """This process's rows of the global training batches for steps [start_step, end_step).
+
+    The process reads ``rows`` of every global batch (positions in ``0..B-1``, as
+    :func:`sslax.parallel.local_batch_rows` gives them for its devices) or, without ``rows``,
+    the contiguous slice ``p*L .. p*L+L-1``, L = B / P, of process p of P.
 
     Yields dicts with "image" uint8 [L, S, S, 3], "label" int32 [L] and "index" int32 [L], the
-    global example index t*B + p*L + j that seeds each example's augmentation, L = B / P.
+    global example index t*B + row that seeds each example's augmentation.
     """
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global batch {global_batch_size} does not divide by {process_count} processes"
-        )
-    local = global_batch_size // process_count
+    if rows is None:
+        if global_batch_size % process_count:
+            raise ValueError(
+                f"global batch {global_batch_size} does not divide by {process_count} processes"
+            )
+        local = global_batch_size // process_count
+        rows = np.arange(process_index * local, (process_index + 1) * local)
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.ndim != 1 or (rows < 0).any() or (rows >= global_batch_size).any():
+        raise ValueError(f"rows must be positions in a batch of {global_batch_size}, got {rows}")
     examples = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
 
     def local_batch(step: int) -> dict[str, np.ndarray]:
-        first = step * global_batch_size + process_index * local
-        records = [examples[first + j] for j in range(local)]
+        indices = step * global_batch_size + rows
+        records = [examples[int(i)] for i in indices]
         return {
             "image": np.stack([r["image"] for r in records]),
             "label": np.array([r["label"] for r in records], np.int32),
-            "index": np.arange(first, first + local, dtype=np.int32),
+            "index": indices.astype(np.int32),
         }
 
     steps = grain.MapDataset.range(start_step, end_step).map(local_batch)

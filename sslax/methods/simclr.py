@@ -3,20 +3,61 @@
 Both views go through one encoder (backbone f, projection head g); the loss on z = g(f(x))
 treats view i and view i+N as positives and every other view in the global batch as a
 negative. BatchNorm sees all 2N views at once, over the whole global batch.
+
+With ``simclr.loss_chunk_size`` set, the loss runs under :func:`jax.shard_map` over the batch
+axes of the mesh in context: each device gathers every view once and walks its own anchors'
+similarities in tiles, so no device ever holds the ``[2N, 2N]`` matrix (batches of many
+thousands of images). Without a mesh in context it tiles on one device.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
 import ml_collections
+from jax.sharding import PartitionSpec as P
 
-from sslax import augment, losses
+from sslax import augment, losses, parallel
 from sslax.methods import common
 
 
 def defaults() -> ml_collections.ConfigDict:
-    """SimCLR's own hyperparameters: none beyond the shared ``temperature`` and projector."""
-    return ml_collections.ConfigDict()
+    """SimCLR's own settings beyond the shared ``temperature`` and projector."""
+    c = ml_collections.ConfigDict()
+    # 0: the dense loss; > 0: tiles of this many views per device (must divide each
+    # device's 2N/devices views), memory linear in the batch.
+    c.loss_chunk_size = 0
+    return c
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    chunk = config.simclr.loss_chunk_size
+    if chunk < 0 or (chunk and (2 * config.batch_size) % chunk):
+        raise ValueError(
+            f"simclr.loss_chunk_size must be 0 (dense) or divide the 2 x batch_size = "
+            f"{2 * config.batch_size} views, got {chunk}"
+        )
+
+
+def global_info_nce(z1, z2, *, temperature: float, chunk_size: int):
+    """The global-batch InfoNCE loss, tiled ``chunk_size`` views at a time on each device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = tuple(a for a in mesh.axis_names if a in parallel.AXES) if not mesh.empty else ()
+    if not axes:
+        return losses.info_nce(z1, z2, temperature=temperature, chunk_size=chunk_size)
+    shards = math.prod(mesh.shape[a] for a in axes)
+    local_views = 2 * z1.shape[0] // shards
+    if z1.shape[0] % shards or local_views % chunk_size:
+        raise ValueError(
+            f"simclr.loss_chunk_size {chunk_size} must divide the {local_views} views per device "
+            f"(2 x batch {z1.shape[0]} over {shards} devices)"
+        )
+
+    def local_loss(a, b):
+        return losses.info_nce(a, b, temperature=temperature, axis_name=axes, chunk_size=chunk_size)
+
+    return jax.shard_map(local_loss, in_specs=(P(axes), P(axes)), out_specs=P())(z1, z2)
 
 
 def make(config: ml_collections.ConfigDict) -> common.Method:
@@ -25,6 +66,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     tx = common.optimizer(config, schedule)
     recipe = common.view_recipe(config)
     temperature = config.temperature
+    chunk_size = config.simclr.loss_chunk_size
 
     def train_step(state, batch, rng):
         step_key = jax.random.fold_in(rng, state.step)
@@ -38,7 +80,10 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
                 train=True,
                 mutable=["batch_stats"],
             )
-            loss = losses.info_nce(z[:n], z[n:], temperature=temperature)
+            if chunk_size:
+                loss = global_info_nce(z[:n], z[n:], temperature=temperature, chunk_size=chunk_size)
+            else:
+                loss = losses.info_nce(z[:n], z[n:], temperature=temperature)
             return loss, (z, updated["batch_stats"])
 
         (loss, (z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
