@@ -39,7 +39,19 @@ def embedding_dim(config):
     return config["proj_dim"]
 
 
-@pytest.mark.parametrize("name", methods.METHODS)
+# The default suite runs one method of each kind through the command line (contrastive, EMA
+# teacher with predictor, multi-crop); each method's own test module trains it in-process, and
+# `pytest -m slow` runs the rest here (CI's time budget).
+DEFAULT_SUITE = ("simclr", "byol", "dino")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=() if n in DEFAULT_SUITE else pytest.mark.slow)
+        for n in methods.METHODS
+    ],
+)
 def test_method_trains_from_the_main_command(name, tmp_path, data_dir):
     workdir = tmp_path / "run"
     flags = [f"--config.method={name}", f"--workdir={workdir}", *TINY, *EXTRA.get(name, [])]
