@@ -67,6 +67,10 @@ def shapes_config(method: str) -> ml_collections.ConfigDict:
     c.log_every = 50
     c.checkpoint_every = 250
     c.eval_every = 0  # 0: evaluate at the end only
+    # A warning names representation collapse when embedding_std x sqrt(D) (1: spread evenly,
+    # 0: one point) stays below collapse_threshold for collapse_patience log intervals.
+    c.collapse_threshold = 0.1
+    c.collapse_patience = 3
     c.knn_k = 20
     c.knn_temperature = 0.07
     c.knn_train_examples = 20_000

@@ -76,6 +76,7 @@ def validate_config(config, *, num_devices: int) -> None:
     )
     need(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
     need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
+    need(0 <= config.momentum <= 1, f"momentum must be in [0, 1], got {config.momentum}")
     need(config.image_size >= 8, f"image_size must be at least 8, got {config.image_size}")
     need(config.width > 0, f"width must be positive, got {config.width}")
     from sslax.methods import common
@@ -102,16 +103,25 @@ def validate_config(config, *, num_devices: int) -> None:
             config.patch_size > 0 and config.image_size % config.patch_size == 0,
             f"image_size {config.image_size} does not divide by patch_size {config.patch_size}",
         )
-    for name in ("log_every", "checkpoint_every", "knn_k", "proj_dim", "proj_hidden_dim"):
+    for name in (
+        "log_every",
+        "checkpoint_every",
+        "knn_k",
+        "proj_dim",
+        "proj_hidden_dim",
+        "collapse_patience",
+    ):
         need(config[name] > 0, f"{name} must be positive, got {config[name]}")
     need(
         config.eval_every >= 0, f"eval_every must be >= 0 (0: at the end), got {config.eval_every}"
     )
-    # A method may check its own section (e.g. MoCo's queue size against the batch).
+    # A method may check its own section (e.g. MoCo's queue size against the batch); local
+    # crops asked of a method other than DINO would be silently ignored.
     method_check = getattr(methods.get(config.method), "check_config", None)
-    if method_check is not None:
+    for check in (method_check, methods.get("dino").check_unused_local_crops):
         try:
-            method_check(config)
+            if check is not None:
+                check(config)
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
@@ -196,6 +206,118 @@ def _plot(history: list[dict], path: pathlib.Path):
     plt.close(fig)
 
 
+class DivergenceError(FloatingPointError):
+    """A non-finite loss or gradient norm: the run stops, the last good checkpoint is kept."""
+
+
+def _kept(last_saved: int | None, workdir: pathlib.Path) -> str:
+    if last_saved is None:
+        return "no checkpoint had been saved yet"
+    return f"the last good checkpoint, step {last_saved}, is kept in {workdir}"
+
+
+def _check_finite(pending: list, last_saved: int | None, workdir: pathlib.Path) -> None:
+    import math
+
+    for step, metrics in pending:
+        for name in ("loss", "grad_norm"):
+            value = float(metrics[name])
+            if not math.isfinite(value):
+                raise DivergenceError(
+                    f"training diverged: non-finite {name} ({value}) at step {step}; nothing "
+                    f"non-finite was saved and {_kept(last_saved, workdir)}. Lower the "
+                    "learning rate or add warm-up"
+                )
+
+
+def _all_finite(state):
+    """Whether every floating-point leaf of a state is finite (checked before each save)."""
+    import jax
+    import jax.numpy as jnp
+
+    flags = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(state)
+        if jnp.issubdtype(leaf.dtype, jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
+class _PreemptionWatch:
+    """SIGTERM (a scheduler's preemption notice) asks the run to save and stop.
+
+    One process: a signal handler notes it and the run stops after the current step. Several
+    processes: JAX's preemption sync point, so that every process saves the same step.
+    """
+
+    def __init__(self):
+        import signal
+
+        import jax
+
+        self._signal = signal
+        self._multi = jax.process_count() > 1
+        self.requested = False
+        self._previous = None
+        if not self._multi:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._note)
+            except ValueError:  # not the main thread: no handler, SIGTERM keeps its default
+                pass
+
+    def _note(self, signum, frame):
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if self._multi:
+            from jax.experimental import multihost_utils
+
+            try:
+                self.requested = self.requested or multihost_utils.reached_preemption_sync_point(
+                    step
+                )
+            except RuntimeError:  # the preemption service is disabled
+                return False
+        return self.requested
+
+    def close(self):
+        if self._previous is not None:
+            self._signal.signal(self._signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+class _CollapseWatch:
+    """Warns once when embedding_std x sqrt(D) stays below the threshold for a while.
+
+    1 is an even spread over the sphere, 0 every image on one point (representation collapse).
+    """
+
+    def __init__(self, config, log: "_Logger"):
+        import math
+
+        from sslax import methods
+
+        self._scale = math.sqrt(methods.embedding_dim(config))
+        self._threshold = config.collapse_threshold
+        self._patience = config.collapse_patience
+        self._log = log
+        self._below = 0
+        self.warned_at = None
+
+    def update(self, step: int, embedding_std: float) -> None:
+        spread = embedding_std * self._scale
+        self._below = self._below + 1 if spread < self._threshold else 0
+        if self._below >= self._patience and self.warned_at is None:
+            self.warned_at = step
+            message = (
+                f"warning: representation collapse: embedding std x sqrt(D) = {spread:.4f} has "
+                f"stayed below collapse_threshold {self._threshold} for {self._below} log "
+                f"intervals (step {step}); the embeddings of different images are nearly equal"
+            )
+            logging.warning(message)
+            self._log.print(message)
+
+
 def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     """Pretrains ``config.method`` in ``workdir``, resuming from its newest checkpoint if any.
 
@@ -215,9 +337,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
     import jax
     import numpy as np
-    import orbax.checkpoint as ocp
 
-    from sslax import diagnostics, eval as sslax_eval, methods, parallel
+    from sslax import checkpointing, diagnostics, eval as sslax_eval, methods, parallel
     from sslax.data import pipeline
 
     start_time = time.time()
@@ -235,16 +356,39 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
         config.dataset, config.eval_split, image_size=config.image_size, data_dir=data_dir
     )
 
+    rng = jax.random.key(config.seed)
+    init_key, step_key = jax.random.split(rng)
+    sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)
+    state_shapes = jax.eval_shape(method.init, init_key, sample)
+    state_shardings = parallel.state_shardings(state_shapes, mesh)
+    init_state = jax.jit(method.init, out_shardings=state_shardings)(init_key, sample)
+
+    # Restore before writing anything: a workdir of another run is refused untouched.
+    config_dict = json.loads(config.to_json())
+    checkpoints = checkpointing.Checkpoints(workdir / "checkpoints", max_to_keep=3)
+    state = init_state
+    restored = checkpoints.restore_newest(init_state, config_dict)
+    if restored is not None:
+        state = restored[0]
+    first_step = int(state.step)
+
     workdir.mkdir(parents=True, exist_ok=True)
     if is_chief:
         (workdir / "config.json").write_text(config.to_json(indent=2))
     log = _Logger(workdir, is_chief)
+    if restored is not None:
+        log.print(f"resuming from the checkpoint at step {first_step} in {workdir}")
+    signature = checkpointing.state_signature(state_shapes)
 
-    rng = jax.random.key(config.seed)
-    init_key, step_key = jax.random.split(rng)
-    sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)
-    state_shardings = parallel.state_shardings(jax.eval_shape(method.init, init_key, sample), mesh)
-    init_state = jax.jit(method.init, out_shardings=state_shardings)(init_key, sample)
+    def checkpoint_meta(step: int) -> dict:
+        # The data position is the step: batches are a pure function of (seed, step).
+        return {
+            "step": step,
+            "seed": config.seed,
+            "data": {"next_step": step, "global_batch_size": config.batch_size},
+            "config": config_dict,
+            "signature": signature,
+        }
 
     # Features come back replicated so that every process can read them whole.
     encode = jax.jit(
@@ -294,15 +438,6 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
         f"random-init network: kNN top-1 {random_init['knn_top1']:.4f} ({time.time() - t:.0f}s)"
     )
 
-    checkpoints = ocp.CheckpointManager(
-        workdir / "checkpoints", options=ocp.CheckpointManagerOptions(max_to_keep=3, create=True)
-    )
-    state = init_state
-    if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(state))
-        log.print(f"resuming from the checkpoint at step {int(state.step)} in {workdir}")
-    first_step = int(state.step)
-
     local_rows = parallel.local_batch_rows(data_sharding, config.batch_size)
     batches = pipeline.train_batches(
         train_source,
@@ -337,47 +472,86 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
             f"{dict(mesh.shape)}"
         )
 
-        pending, throughput = [], []
+        pending, throughput = [], []  # pending: (step, metrics) not yet fetched to the host
         interval_start, interval_first = time.time(), first_step
         train_start = time.time()
         step = first_step
         global_batch = first_batch
-        while True:
-            state, metrics = train_step(state, global_batch, step_key)
-            pending.append(metrics)
-            step += 1
-            if step % config.log_every == 0 or step == config.total_steps:
-                # The only host fetch: the metrics of the interval, averaged.
-                fetched = jax.device_get(pending)
-                pending = []
-                now = time.time()
-                images_per_s = (step - interval_first) * config.batch_size / (now - interval_start)
-                throughput.append(images_per_s)
-                record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                record["images_per_s"] = images_per_s
-                if not np.isfinite(record["loss"]):
-                    raise FloatingPointError(f"non-finite loss {record['loss']} at step {step}")
-                log.write(step, record)
-                eta = (config.total_steps - step) * (now - train_start) / (step - first_step)
-                log.print(
-                    f"step {step:>{len(str(config.total_steps))}}/{config.total_steps} | "
-                    f"loss {record['loss']:.4f} | emb std {record['embedding_std']:.4f} | "
-                    f"{images_per_s:,.0f} img/s | ETA {_fmt_duration(eta)}"
+        preemption = _PreemptionWatch()
+        all_finite = jax.jit(_all_finite)
+        collapse = _CollapseWatch(config, log)
+        last_saved = first_step if restored is not None else None
+        try:
+            while True:
+                state, metrics = train_step(state, global_batch, step_key)
+                step += 1
+                pending.append((step, metrics))
+                preempted = preemption.reached(step)
+                log_now = step % config.log_every == 0 or step == config.total_steps
+                save_now = (
+                    step % config.checkpoint_every == 0 or step == config.total_steps or preempted
                 )
-                interval_start, interval_first = time.time(), step
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
-                checkpoints.save(step, args=ocp.args.StandardSave(state))
-            if (config.eval_every and step % config.eval_every == 0) or step == config.total_steps:
-                eval_results = evaluate(state)
-                log.write(step, eval_results)
-                log.print(f"step {step}: kNN top-1 {eval_results['knn_top1']:.4f}")
-                interval_start = time.time()  # evaluation time is not training throughput
-            if step >= config.total_steps:
-                break
-            global_batch = to_global(next(batches))
+                if log_now or save_now:
+                    # Host fetches happen only here; every step's loss and gradient norm are
+                    # checked before anything is saved, so no checkpoint holds a diverged state.
+                    pending = [(s, jax.device_get(m)) for s, m in pending]
+                    _check_finite(pending, last_saved, workdir)
+                if log_now:
+                    fetched = [m for _, m in pending]
+                    pending = []
+                    now = time.time()
+                    images_per_s = (
+                        (step - interval_first) * config.batch_size / (now - interval_start)
+                    )
+                    throughput.append(images_per_s)
+                    record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                    record["images_per_s"] = images_per_s
+                    log.write(step, record)
+                    eta = (config.total_steps - step) * (now - train_start) / (step - first_step)
+                    log.print(
+                        f"step {step:>{len(str(config.total_steps))}}/{config.total_steps} | "
+                        f"loss {record['loss']:.4f} | emb std {record['embedding_std']:.4f} | "
+                        f"{images_per_s:,.0f} img/s | ETA {_fmt_duration(eta)}"
+                    )
+                    collapse.update(step, record["embedding_std"])
+                    interval_start, interval_first = time.time(), step
+                if save_now:
+                    if not bool(all_finite(state)):
+                        raise DivergenceError(
+                            f"training diverged: non-finite parameters or optimizer state "
+                            f"after step {step}; nothing non-finite was saved and "
+                            + _kept(last_saved, workdir)
+                        )
+                    checkpoints.save(step, state, checkpoint_meta(step))
+                    last_saved = step
+                if preempted:
+                    checkpoints.wait_until_finished()
+                    log.print(
+                        f"preempted: saved the checkpoint at step {step} in {workdir}; "
+                        "run the same command again to resume"
+                    )
+                    break
+                if (config.eval_every and step % config.eval_every == 0) or (
+                    step == config.total_steps
+                ):
+                    eval_results = evaluate(state)
+                    log.write(step, eval_results)
+                    log.print(f"step {step}: kNN top-1 {eval_results['knn_top1']:.4f}")
+                    interval_start = time.time()  # evaluation time is not training throughput
+                if step >= config.total_steps:
+                    break
+                global_batch = to_global(next(batches))
+        finally:
+            preemption.close()
+            checkpoints.wait_until_finished()
+        if preemption.requested:
+            checkpoints.close()
+            log.close()
+            return {"preempted_at_step": step, "workdir": str(workdir)}
     else:
         log.print(f"the checkpoint is already at step {first_step} >= total_steps; evaluating it")
         throughput = []
+        collapse = None
         eval_results = evaluate(state)
     checkpoints.wait_until_finished()
     checkpoints.close()
@@ -398,6 +572,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
         "images_per_s": float(np.median(throughput)) if throughput else None,
         "compile_s": compile_s,
         "params_checksum": params_checksum(state.params),
+        "collapse_warning_step": collapse.warned_at if collapse else None,
         "wall_time_s": time.time() - start_time,
         "workdir": str(workdir),
     }
@@ -504,10 +679,14 @@ def main(argv: list[str], config_flag, workdir_flag) -> None:
     )
     from sslax.data import pipeline
 
+    from sslax import checkpointing
+
     try:
         train_and_evaluate(config, workdir)
-    except pipeline.DatasetError as e:  # e.g. a TFDS dataset that is not prepared yet
-        _fail(e)
+    except (pipeline.DatasetError, checkpointing.IncompatibleCheckpoint) as e:
+        _fail(e)  # a TFDS dataset not prepared yet; a workdir of another run
+    except DivergenceError as e:
+        _fail(e, code=1)
 
 
 def _define_distributed_flags() -> None:

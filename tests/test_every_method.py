@@ -11,6 +11,7 @@ import math
 
 import pytest
 from cli_runs import TINY, run_cli
+from ml_collections import ConfigDict
 
 from sslax import methods
 
@@ -29,14 +30,6 @@ MEASURED = {
     "barlow_twins": 0.83,
     "vicreg": 0.86,
 }
-
-
-def embedding_dim(config):
-    if config["method"] == "dino":
-        return config["dino"]["out_dim"]
-    if config["method"] in ("barlow_twins", "vicreg"):
-        return config[config["method"]]["expander_dim"]
-    return config["proj_dim"]
 
 
 # The default suite runs one method of each kind through the command line (contrastive, EMA
@@ -69,5 +62,5 @@ def test_method_trains_from_the_main_command(name, tmp_path, data_dir):
     assert [r["step"] for r in logged] == list(range(1, STEPS + 1))
     assert all(math.isfinite(r["loss"]) for r in logged), [r["loss"] for r in logged]
     config = json.loads((workdir / "config.json").read_text())
-    spread = logged[-1]["embedding_std"] * math.sqrt(embedding_dim(config))
+    spread = logged[-1]["embedding_std"] * math.sqrt(methods.embedding_dim(ConfigDict(config)))
     assert spread > 0.15, f"{name}: embedding_std x sqrt(D) {spread:.3f}, measured {MEASURED[name]}"

@@ -29,3 +29,12 @@ def get(name: str):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return importlib.import_module(f"sslax.methods.{name}")
+
+
+def embedding_dim(config) -> int:
+    """D of the embeddings whose ``embedding_std`` a method logs (1/sqrt(D) when spread evenly)."""
+    if config.method == "dino":
+        return config.dino.out_dim
+    if config.method in ("barlow_twins", "vicreg"):
+        return config[config.method].expander_dim
+    return config.proj_dim

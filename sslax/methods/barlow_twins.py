@@ -44,6 +44,19 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for ``config.barlow_twins`` values Barlow Twins cannot run with."""
+    common.check_section(
+        config,
+        "barlow_twins",
+        {
+            "expander_dim": common.AT_LEAST_ONE,
+            "lambd": common.NON_NEGATIVE,
+            "bias_lr_ratio": common.NON_NEGATIVE,
+        },
+    )
+
+
 def encoder(config: ml_collections.ConfigDict):
     """The backbone and the three-layer expander of ``config.barlow_twins.expander_dim``.
 

@@ -52,6 +52,18 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for ``config.byol`` values BYOL cannot run with."""
+    common.check_section(
+        config,
+        "byol",
+        {
+            "ema_base": common.UNIT_INTERVAL,
+            "predictor_hidden_dim": common.AT_LEAST_ONE,
+        },
+    )
+
+
 @flax.struct.dataclass
 class State:
     """:class:`common.TrainState` plus the target network (empty without stop-gradient).

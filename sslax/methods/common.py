@@ -109,6 +109,29 @@ def optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
     )
 
 
+# Rules for check_section: (test, the allowed values in words).
+UNIT_INTERVAL = (lambda v: 0 <= v <= 1, "in [0, 1]")
+AT_LEAST_ONE = (lambda v: v >= 1, ">= 1")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+POSITIVE = (lambda v: v > 0, "> 0")
+
+
+def check_section(config: ml_collections.ConfigDict, method: str, rules: dict) -> None:
+    """Raises ValueError naming the first field of ``config[method]`` that breaks its rule.
+
+    ``rules`` maps a field to ``(test, allowed)``, e.g. ``{"ema_base": UNIT_INTERVAL}``.
+
+    >>> c = ml_collections.ConfigDict({"byol": {"ema_base": 1.5}})
+    >>> check_section(c, "byol", {"ema_base": UNIT_INTERVAL})
+    Traceback (most recent call last):
+    ValueError: byol.ema_base must be in [0, 1], got 1.5
+    """
+    section = config[method]
+    for name, (ok, allowed) in rules.items():
+        if not ok(section[name]):
+            raise ValueError(f"{method}.{name} must be {allowed}, got {section[name]}")
+
+
 RECIPES = ("simclr", "moco_v2", "byol")
 
 

@@ -52,6 +52,10 @@ from sslax.models import DINOHead, last_layer_mask, vit_from_name
 from sslax.models.vit import VIT_PRESETS
 
 
+# The multi-crop settings; only DINO reads them (check_unused_local_crops).
+LOCAL_CROP_FIELDS = ("num_local", "local_size")
+
+
 def defaults() -> ml_collections.ConfigDict:
     """DINO's own hyperparameters at the shapes scale (ImageNet values in dino_imagenet.py)."""
     c = ml_collections.ConfigDict()
@@ -212,31 +216,58 @@ def _entropy(probs):
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError for ``config.dino`` values DINO cannot run with."""
     cfg = config.dino
-    rules = {
-        "out_dim": (lambda v: v >= 1, ">= 1"),
-        "hidden_dim": (lambda v: v >= 1, ">= 1"),
-        "bottleneck_dim": (lambda v: v >= 1, ">= 1"),
-        "num_layers": (lambda v: v >= 1, ">= 1"),
-        "num_local": (lambda v: v >= 0, ">= 0"),
-        "local_size": (lambda v: v >= 1, ">= 1"),
-        "student_temp": (lambda v: v > 0, "> 0"),
-        "teacher_temp": (lambda v: v > 0, "> 0"),
-        "warmup_teacher_temp": (lambda v: v > 0, "> 0"),
-        "warmup_teacher_temp_steps": (lambda v: v >= 0, ">= 0"),
-        "center_momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-        "teacher_momentum_base": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-        "clip_grad": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
-        "freeze_last_layer_steps": (lambda v: v >= 0, ">= 0"),
-        "weight_decay_end": (lambda v: v >= 0, ">= 0"),
-        "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    }
-    for name, (ok, rule) in rules.items():
-        if not ok(cfg[name]):
-            raise ValueError(f"dino.{name} must be {rule}, got {cfg[name]}")
+    common.check_section(
+        config,
+        "dino",
+        {
+            "out_dim": common.AT_LEAST_ONE,
+            "hidden_dim": common.AT_LEAST_ONE,
+            "bottleneck_dim": common.AT_LEAST_ONE,
+            "num_layers": common.AT_LEAST_ONE,
+            "num_local": common.NON_NEGATIVE,
+            "local_size": common.AT_LEAST_ONE,
+            "student_temp": common.POSITIVE,
+            "teacher_temp": common.POSITIVE,
+            "warmup_teacher_temp": common.POSITIVE,
+            "warmup_teacher_temp_steps": common.NON_NEGATIVE,
+            "center_momentum": common.UNIT_INTERVAL,
+            "teacher_momentum_base": common.UNIT_INTERVAL,
+            "clip_grad": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+            "freeze_last_layer_steps": common.NON_NEGATIVE,
+            "weight_decay_end": common.NON_NEGATIVE,
+            "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+        },
+    )
+    # Local crops are smaller crops of the image than the global ones (which are image_size);
+    # larger only upsamples. As large works (tests/test_dino.py traces it).
+    if cfg.num_local and cfg.local_size > config.image_size:
+        raise ValueError(
+            f"dino.local_size must be <= image_size {config.image_size} (the global crops' "
+            f"size; local crops are smaller), got {cfg.local_size}"
+        )
     if config.model in VIT_PRESETS and cfg.num_local and cfg.local_size % config.patch_size:
         raise ValueError(
             f"dino.local_size {cfg.local_size} does not divide by patch_size {config.patch_size}"
         )
+
+
+def check_unused_local_crops(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError when a method other than DINO is given local crops it would ignore.
+
+    Only DINO makes local crops; ``config.dino``'s multi-crop settings changed from
+    :func:`defaults` under another method are a request that would silently do nothing.
+    ``num_local = 0`` asks for none and always passes.
+    """
+    if config.method == "dino" or "dino" not in config or not config.dino.num_local:
+        return
+    default = defaults()
+    for name in LOCAL_CROP_FIELDS:
+        if config.dino[name] != default[name]:
+            raise ValueError(
+                f"dino.{name}={config.dino[name]} asks for local crops, but only method 'dino' "
+                f"uses local crops (method is {config.method!r}); leave dino.{name} at "
+                f"{default[name]} or use --config.method=dino"
+            )
 
 
 def make(config: ml_collections.ConfigDict) -> common.Method:

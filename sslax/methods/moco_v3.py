@@ -52,6 +52,18 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for ``config.moco_v3`` values MoCo v3 cannot run with."""
+    common.check_section(
+        config,
+        "moco_v3",
+        {
+            "momentum_base": common.UNIT_INTERVAL,
+            "pred_hidden_dim": common.AT_LEAST_ONE,
+        },
+    )
+
+
 @flax.struct.dataclass
 class MoCoV3State:
     """TrainState plus the momentum encoder (backbone + projector)."""

@@ -45,6 +45,17 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for ``config.simsiam`` values SimSiam cannot run with."""
+    common.check_section(
+        config,
+        "simsiam",
+        {
+            "predictor_hidden_dim": common.AT_LEAST_ONE,
+        },
+    )
+
+
 def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """The shared optimiser on {"encoder": ..., "predictor": ...} parameters.
 

@@ -38,6 +38,20 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError for ``config.vicreg`` values VICReg cannot run with."""
+    common.check_section(
+        config,
+        "vicreg",
+        {
+            "expander_dim": common.AT_LEAST_ONE,
+            "sim_coeff": common.NON_NEGATIVE,
+            "std_coeff": common.NON_NEGATIVE,
+            "cov_coeff": common.NON_NEGATIVE,
+        },
+    )
+
+
 def encoder(config: ml_collections.ConfigDict):
     """The backbone and the three-layer expander of ``config.vicreg.expander_dim``.
 
