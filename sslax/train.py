@@ -314,7 +314,6 @@ class _CollapseWatch:
                 f"stayed below collapse_threshold {self._threshold} for {self._below} log "
                 f"intervals (step {step}); the embeddings of different images are nearly equal"
             )
-            logging.warning(message)
             self._log.print(message)
 
 

@@ -243,3 +243,20 @@ def test_collapse_is_named_in_a_warning(tmp_path, data_dir):
         r"warning: representation collapse: .* for 3 log intervals \(step 3\)", run.stdout
     )
     assert _results(tmp_path / "run")["collapse_warning_step"] == 3
+
+
+@pytest.mark.slow
+def test_a_real_collapse_is_named(tmp_path, data_dir):
+    # BYOL without its stop-gradient collapses to one embedding, with test_byol_simsiam.py's
+    # settings: embedding std x sqrt(D) 0.72 at step 5, 0.067 at step 40 (measured).
+    flags = [*FLAGS, f"--workdir={tmp_path / 'run'}", "--config.method=byol"]
+    flags += ["--config.byol.stop_gradient=False", "--config.recipe=byol"]
+    flags += [
+        "--config.learning_rate=0.5",
+        "--config.lr_scaling=none",
+        "--config.proj_hidden_dim=64",
+    ]
+    run = run_cli(flags, data_dir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "warning: representation collapse" in run.stdout
+    assert _results(tmp_path / "run")["collapse_warning_step"] is not None
