@@ -130,7 +130,7 @@ class Checkpoints:
     """An orbax CheckpointManager (async, atomic, keeps the newest ``max_to_keep``) plus meta."""
 
     def __init__(self, directory: pathlib.Path, *, max_to_keep: int = 3):
-        self.directory = pathlib.Path(directory)
+        self.directory = pathlib.Path(directory).resolve()  # orbax wants absolute paths
         self._max_to_keep = max_to_keep
         self.manager = self._open()
 
@@ -152,8 +152,12 @@ class Checkpoints:
             ),
         )
 
-    def restore_newest(self, target: Any, config: dict) -> tuple[Any, int] | None:
+    def restore_newest(
+        self, target: Any, config: dict, *, read_only: bool = False
+    ) -> tuple[Any, int] | None:
         """The newest readable checkpoint as ``(state, step)``, or None when there is none.
+
+        Unreadable steps are moved aside, or with ``read_only`` only skipped with a warning.
 
         Raises IncompatibleCheckpoint when the newest readable checkpoint was written by a
         config whose state differs from ``target``'s (nothing is changed on disk then).
@@ -166,7 +170,7 @@ class Checkpoints:
                         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
                     ).meta
             except Exception as e:  # noqa: BLE001 - any read failure means "unreadable"
-                self._set_aside(step, e)
+                self._set_aside(step, e, read_only)
                 continue
             problem = describe_mismatch(meta, signature, config)
             if problem is not None:
@@ -180,21 +184,24 @@ class Checkpoints:
                         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
                     )
             except Exception as e:  # noqa: BLE001
-                self._set_aside(step, e)
+                self._set_aside(step, e, read_only)
                 continue
             return restored.state, step
         return None
 
-    def _set_aside(self, step: int, error: Exception) -> None:
+    def _set_aside(self, step: int, error: Exception, read_only: bool = False) -> None:
         """Moves an unreadable step aside, so that it is neither retried nor overwritten."""
         aside = self.directory.parent / f"{self.directory.name}_unreadable"
         reason = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        where = "left it in place" if read_only else f"moved it to {aside / str(step)}"
         message = (
-            f"warning: the checkpoint at step {step} cannot be read ({reason}); moved it to "
-            f"{aside / str(step)} and trying the previous one"
+            f"warning: the checkpoint at step {step} cannot be read ({reason}); {where} and "
+            "trying the previous one"
         )
         if jax.process_index() != 0:
             logging.warning(message)
+        elif read_only:
+            print(message, flush=True)
         else:
             print(message, flush=True)
             aside.mkdir(exist_ok=True)
@@ -204,7 +211,7 @@ class Checkpoints:
                 suffix += 1
                 target = aside / f"{step}.{suffix}"
             (self.directory / str(step)).rename(target)
-        if jax.process_count() > 1:
+        if jax.process_count() > 1 and not read_only:
             multihost_utils.sync_global_devices(f"sslax_set_aside_{step}")
         # A failed read leaves orbax's background machinery unusable (later saves would be
         # lost silently): start a fresh manager.

@@ -75,6 +75,10 @@ def shapes_config(method: str) -> ml_collections.ConfigDict:
     c.knn_temperature = 0.07
     c.knn_train_examples = 20_000
     c.knn_test_examples = 4_000
+    # At every evaluation: alignment, uniformity and effective rank of z on two views of this
+    # many held-out images; the linear probe on h at the end, and at every evaluation if set.
+    c.diagnostics_examples = 512
+    c.eval_linear_probe = False
 
     for name in methods.METHODS:
         c[name] = methods.get(name).defaults()

@@ -110,6 +110,7 @@ def validate_config(config, *, num_devices: int) -> None:
         "proj_dim",
         "proj_hidden_dim",
         "collapse_patience",
+        "diagnostics_examples",
     ):
         need(config[name] > 0, f"{name} must be positive, got {config[name]}")
     need(
@@ -191,11 +192,24 @@ def _plot(history: list[dict], path: pathlib.Path):
 
     names = [
         n
-        for n in ("loss", "embedding_std", "knn_top1", "learning_rate")
+        for n in (
+            "loss",
+            "embedding_std",
+            "knn_top1",
+            "linear_top1",
+            "alignment",
+            "uniformity",
+            "effective_rank",
+            "learning_rate",
+        )
         if any(n in r for r in history)
     ]
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2))
-    for ax, name in zip(axes if len(names) > 1 else [axes], names):
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
         points = [(r["step"], r[name]) for r in history if name in r]
         ax.plot(*zip(*points), marker="o" if len(points) < 10 else None)
         ax.set_title(name)
@@ -337,7 +351,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
     import jax
     import numpy as np
 
-    from sslax import checkpointing, diagnostics, eval as sslax_eval, methods, parallel
+    from sslax import augment, checkpointing, diagnostics, eval as sslax_eval, methods, parallel
+    from sslax.methods import common
     from sslax.data import pipeline
 
     start_time = time.time()
@@ -389,25 +404,25 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
             "signature": signature,
         }
 
-    # Features come back replicated so that every process can read them whole.
-    encode = jax.jit(
-        method.encode, in_shardings=(state_shardings, data_sharding), out_shardings=replicated
-    )
+    features_of = sslax_eval.feature_extractor(method.encode, state_shardings, mesh)
     knn_train = pipeline.split_arrays(train_source, max_examples=config.knn_train_examples)
     knn_test = pipeline.split_arrays(test_source, max_examples=config.knn_test_examples)
-    # Evaluation batches: up to 1024 images, a multiple of the batch shards, no bigger than
-    # the data needs (small kNN sets would otherwise run mostly padding).
-    shards = parallel.num_batch_shards(mesh)
-    largest = max(len(knn_train[0]), len(knn_test[0]))
-    eval_batch = min(max(shards, 1024 // shards * shards), -(-largest // shards) * shards)
+    # Two augmented views of a fixed held-out subset, made once, for the geometry diagnostics.
+    subset = knn_test[0][: config.diagnostics_examples]
+    views = augment.two_views(
+        jax.random.key(config.seed + 1),
+        subset,
+        common.view_recipe(config),
+        indices=np.arange(len(subset), dtype=np.int32),
+    )
+    diagnostic_views = np.asarray(np.round(np.asarray(views) * 255.0), np.uint8)
 
-    def evaluate(state) -> dict[str, float]:
-        def forward(x):
-            return encode(state, parallel.host_array_to_global(x, data_sharding))
-
-        h_train, _ = sslax_eval.extract_features(forward, knn_train[0], batch_size=eval_batch)
-        h_test, z_test = sslax_eval.extract_features(forward, knn_test[0], batch_size=eval_batch)
-        return {
+    def evaluate(state, *, linear: bool) -> dict[str, float]:
+        h_train, _ = features_of(state, knn_train[0])
+        h_test, z_test = features_of(state, knn_test[0])
+        _, z_views = features_of(state, diagnostic_views)
+        z1, z2 = np.split(z_views, 2)
+        out = {
             "knn_top1": sslax_eval.knn_top1(
                 h_train,
                 knn_train[1],
@@ -417,7 +432,14 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
                 temperature=config.knn_temperature,
             ),
             "eval_embedding_std": float(diagnostics.embedding_std(z_test)),
+            "alignment": float(diagnostics.alignment(z1, z2)),
+            "uniformity": float(diagnostics.uniformity(z1)),
+            "effective_rank": float(diagnostics.effective_rank(z1)),
         }
+        if linear:
+            probe = sslax_eval.linear_probe(h_train, knn_train[1], h_test, knn_test[1])
+            out["linear_top1"] = probe["top1"]
+        return out
 
     def flat_pixels(images):
         x = images.reshape(len(images), -1).astype(np.float32)
@@ -432,7 +454,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
         temperature=config.knn_temperature,
     )
     t = time.time()
-    random_init = evaluate(init_state)
+    random_init = evaluate(init_state, linear=False)
     log.print(
         f"random-init network: kNN top-1 {random_init['knn_top1']:.4f} ({time.time() - t:.0f}s)"
     )
@@ -533,9 +555,21 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
                 if (config.eval_every and step % config.eval_every == 0) or (
                     step == config.total_steps
                 ):
-                    eval_results = evaluate(state)
+                    eval_results = evaluate(
+                        state, linear=config.eval_linear_probe or step == config.total_steps
+                    )
                     log.write(step, eval_results)
-                    log.print(f"step {step}: kNN top-1 {eval_results['knn_top1']:.4f}")
+                    log.print(
+                        f"step {step}: kNN top-1 {eval_results['knn_top1']:.4f}"
+                        + (
+                            f", linear top-1 {eval_results['linear_top1']:.4f}"
+                            if "linear_top1" in eval_results
+                            else ""
+                        )
+                        + f" | alignment {eval_results['alignment']:.3f}, uniformity "
+                        f"{eval_results['uniformity']:.3f}, effective rank "
+                        f"{eval_results['effective_rank']:.1f}"
+                    )
                     interval_start = time.time()  # evaluation time is not training throughput
                 if step >= config.total_steps:
                     break
@@ -551,7 +585,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
         log.print(f"the checkpoint is already at step {first_step} >= total_steps; evaluating it")
         throughput = []
         collapse = None
-        eval_results = evaluate(state)
+        eval_results = evaluate(state, linear=True)
     checkpoints.wait_until_finished()
     checkpoints.close()
 
@@ -564,6 +598,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
         "batch_size": config.batch_size,
         "final_loss": losses_logged[-1] if losses_logged else None,
         "knn_top1": eval_results["knn_top1"],
+        "linear_top1": eval_results.get("linear_top1"),
         "knn_top1_random_init": random_init["knn_top1"],
         "knn_top1_raw_pixels": raw_pixels_top1,
         "embedding_std": eval_results["eval_embedding_std"],
@@ -593,6 +628,7 @@ def _print_summary(results: dict, log: _Logger):
         ("steps x batch", f"{results['steps']} x {results['batch_size']}"),
         ("final loss", fmt(results["final_loss"], ".4f")),
         ("kNN top-1 (held-out)", fmt(results["knn_top1"], ".4f")),
+        ("linear probe top-1", fmt(results["linear_top1"], ".4f")),
         ("kNN top-1, random init", fmt(results["knn_top1_random_init"], ".4f")),
         ("kNN top-1, raw pixels", fmt(results["knn_top1_raw_pixels"], ".4f")),
         ("embedding std", f"{results['embedding_std']:.4f} (collapsed: 0)"),

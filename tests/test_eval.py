@@ -1,8 +1,15 @@
-"""Feature extraction and the weighted kNN classifier."""
+"""Feature extraction, the weighted kNN classifier, the linear probe and `python -m sslax.eval`."""
+
+import json
+import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from cli_runs import TINY, run_cli
 
 from sslax import eval as sslax_eval
 
@@ -62,3 +69,80 @@ def test_extract_features_pads_the_last_batch_and_keeps_order():
 def test_knn_needs_k_training_points():
     with pytest.raises(ValueError, match="at least k=20"):
         sslax_eval.knn_top1(np.ones((5, 2)), np.zeros(5, int), np.ones((1, 2)), np.zeros(1, int))
+
+
+def _planted(n, num_classes, dim, noise, rotation_seed, seed):
+    """One-hot labels in ``dim`` dimensions, randomly rotated, plus isotropic noise."""
+    rotation = np.linalg.qr(np.random.default_rng(rotation_seed).normal(size=(dim, dim)))[0]
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    one_hot = np.eye(dim)[labels]  # the first num_classes axes
+    return (one_hot + noise * rng.normal(size=(n, dim))) @ rotation, labels
+
+
+def test_probes_recover_a_planted_linear_structure_and_are_at_chance_on_noise():
+    train, train_labels = _planted(3000, 10, 64, 0.1, rotation_seed=0, seed=1)
+    test, test_labels = _planted(1000, 10, 64, 0.1, rotation_seed=0, seed=2)
+    probe = sslax_eval.linear_probe(train, train_labels, test, test_labels)
+    assert probe["top1"] > 0.98, probe
+    assert sslax_eval.knn_top1(train, train_labels, test, test_labels) > 0.98
+    rng = np.random.default_rng(3)
+    noise_train, noise_test = rng.normal(size=(3000, 64)), rng.normal(size=(2000, 64))
+    test_labels = np.random.default_rng(4).integers(0, 10, 2000)
+    chance = sslax_eval.linear_probe(noise_train, train_labels, noise_test, test_labels)
+    # 2,000 test labels: the accuracy of guessing has a std of 0.0067 around 0.1.
+    assert abs(chance["top1"] - 0.1) < 0.03, chance
+    assert set(chance["holdout_top1"]) == set(sslax_eval.WEIGHT_DECAYS)
+
+
+def test_linear_probe_refuses_mismatched_inputs():
+    x, y = np.zeros((10, 3)), np.zeros(10, int)
+    with pytest.raises(ValueError, match="same number of rows"):
+        sslax_eval.linear_probe(x, y[:5], x, y)
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        sslax_eval.linear_probe(x, y, x, y, holdout_fraction=1.0)
+
+
+def _eval_cli(args, data_dir):
+    env = {"SSLAX_DATA_DIR": data_dir, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(
+        [sys.executable, "-m", "sslax.eval", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=600,
+        check=False,
+    )
+
+
+def test_eval_command_on_a_short_run(tmp_path, data_dir):
+    workdir = tmp_path / "run"
+    trained = run_cli([f"--workdir={workdir}", *TINY], data_dir)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = _eval_cli(
+        [f"--workdir={workdir}", "--max_train_examples=300", "--max_test_examples=100"], data_dir
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "h (backbone)" in run.stdout and "z (projection head)" in run.stdout
+    results = json.loads((workdir / "eval.json").read_text())
+    assert results["checkpoint_step"] == 4 and results["dataset"] == "shapes"
+    assert (results["train_examples"], results["test_examples"]) == (300, 100)
+    for kind in ("h", "z"):
+        for probe in ("knn", "linear"):
+            assert 0.0 <= results[f"{probe}_top1_{kind}"] <= 1.0
+            assert f"{results[f'{probe}_top1_{kind}']:.4f}" in run.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workdir=/no/such/run"], "is not a training workdir"),
+        ([], "--workdir"),
+        (["--workdir=x", "--max_test_examples=0"], "max_test_examples"),
+    ],
+)
+def test_eval_command_errors_are_one_line_with_exit_2(args, message, data_dir):
+    run = _eval_cli(args, data_dir)
+    assert run.returncode in (1, 2), run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], run.stderr

@@ -50,6 +50,16 @@ def test_main_command_writes_every_output_and_summary(tmp_path, data_dir):
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+    # The evaluation at the end: kNN, the linear probe on h, the geometry of z on two views.
+    evaluation = [r for r in records if "knn_top1" in r]
+    assert [r["step"] for r in evaluation] == [4]
+    for key in ("alignment", "uniformity", "effective_rank", "linear_top1"):
+        assert key in evaluation[0], key
+    assert 0.0 <= evaluation[0]["alignment"] <= 4.0  # squared distance of unit vectors
+    assert evaluation[0]["uniformity"] <= 0.0
+    assert 1.0 <= evaluation[0]["effective_rank"] <= 16  # proj_dim 16 in TINY
+    assert results["linear_top1"] == evaluation[0]["linear_top1"]
+    assert "linear probe top-1" in result.stdout
 
 
 def test_rerun_in_the_same_workdir_resumes(tmp_path, data_dir, monkeypatch):
