@@ -243,11 +243,13 @@ def linear_probe(
 # Features of a trained state, sharded like training
 
 
-def feature_extractor(encode: Callable, state_shardings, mesh) -> Callable:
+def feature_extractor(encode: Callable, state_shardings, mesh, *, largest: int) -> Callable:
     """``features(state, images) -> (h, z)`` numpy arrays, batches sharded over ``mesh``.
 
-    ``encode(state, uint8 images) -> (h, z)`` is a method's encoder. Features come back
-    replicated, so every process of a multi-host run reads them whole.
+    ``encode(state, uint8 images) -> (h, z)`` is a method's encoder. Every call uses one batch
+    size (so one compilation): up to 1024 images, a multiple of the batch shards, no more than
+    ``largest``, the most images any call will pass. Features come back replicated, so every
+    process of a multi-host run reads them whole.
     """
     from sslax import parallel
 
@@ -256,11 +258,9 @@ def feature_extractor(encode: Callable, state_shardings, mesh) -> Callable:
         encode, in_shardings=(state_shardings, data), out_shardings=parallel.replicated(mesh)
     )
     shards = parallel.num_batch_shards(mesh)
+    batch = min(max(shards, 1024 // shards * shards), -(-largest // shards) * shards)
 
-    def features(state, images, max_batch: int = 1024):
-        # Up to max_batch images, a multiple of the batch shards, no more than the data needs.
-        batch = min(max(shards, max_batch // shards * shards), -(-len(images) // shards) * shards)
-
+    def features(state, images):
         def forward(x):
             return jitted(state, parallel.host_array_to_global(x, data))
 
@@ -347,12 +347,15 @@ def evaluate_checkpoint(
         if restored is None:
             raise EvalError(f"{checkpoint_dir} holds no readable checkpoint")
         state, step = restored
-        features_of = feature_extractor(method.encode, shardings, mesh)
-        features, labels = {}, {}
         limits = {"train": max_train_examples, "test": max_test_examples}
+        images, labels = {}, {}
         for split, source in sources.items():
-            images, labels[split] = pipeline.split_arrays(source, max_examples=limits[split])
-            h, z = features_of(state, images)
+            images[split], labels[split] = pipeline.split_arrays(source, max_examples=limits[split])
+        largest = max(len(x) for x in images.values())
+        features_of = feature_extractor(method.encode, shardings, mesh, largest=largest)
+        features = {}
+        for split in images:
+            h, z = features_of(state, images[split])
             features[split] = {"h": h, "z": z}
     results = {
         "checkpoint_step": step,

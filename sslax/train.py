@@ -349,6 +349,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
 
 def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     from sslax import augment, checkpointing, diagnostics, eval as sslax_eval, methods, parallel
@@ -404,17 +405,22 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
             "signature": signature,
         }
 
-    features_of = sslax_eval.feature_extractor(method.encode, state_shardings, mesh)
     knn_train = pipeline.split_arrays(train_source, max_examples=config.knn_train_examples)
     knn_test = pipeline.split_arrays(test_source, max_examples=config.knn_test_examples)
     # Two augmented views of a fixed held-out subset, made once, for the geometry diagnostics.
     subset = knn_test[0][: config.diagnostics_examples]
-    views = augment.two_views(
-        jax.random.key(config.seed + 1),
-        subset,
-        common.view_recipe(config),
-        indices=np.arange(len(subset), dtype=np.int32),
+    features_of = sslax_eval.feature_extractor(
+        method.encode,
+        state_shardings,
+        mesh,
+        largest=max(len(knn_train[0]), len(knn_test[0]), 2 * len(subset)),
     )
+    recipe = common.view_recipe(config)
+    views = jax.jit(
+        lambda key, images: augment.two_views(
+            key, images, recipe, indices=jnp.arange(len(subset), dtype=jnp.int32)
+        )
+    )(jax.random.key(config.seed + 1), subset)
     diagnostic_views = np.asarray(np.round(np.asarray(views) * 255.0), np.uint8)
 
     def evaluate(state, *, linear: bool) -> dict[str, float]:

@@ -138,6 +138,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two JAX processes, ~35 s: with `pytest -m slow` (CI's time budget)
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, data_dir):
     workdir = tmp_path / "run"
     flags = [
