@@ -158,8 +158,12 @@ def test_byol_momentum_follows_the_cosine_schedule():
 
 @pytest.mark.parametrize(
     "method, max_collapsed",
-    # SimSiam's variant takes 100 steps: with `pytest -m slow` (CI's time budget).
-    [("byol", 0.05), pytest.param("simsiam", 0.1, marks=pytest.mark.slow)],
+    # With `pytest -m slow` (CI's time budget); BYOL's collapse without stop-gradient is also
+    # shown end to end by test_faults.py's collapse test (slow too).
+    [
+        pytest.param("byol", 0.05, marks=pytest.mark.slow),
+        pytest.param("simsiam", 0.1, marks=pytest.mark.slow),
+    ],
 )
 def test_without_stop_gradient_the_embedding_collapses(method, max_collapsed):
     _, _, _, collapsed, _ = _train(method, False)

@@ -62,6 +62,9 @@ def test_main_command_writes_every_output_and_summary(tmp_path, data_dir):
     assert "linear probe top-1" in result.stdout
 
 
+# Resume is also covered in the default suite by test_faults.py (SIGKILL and restart) and
+# test_multiprocess.py (two processes); this in-process variant runs with `pytest -m slow`.
+@pytest.mark.slow
 def test_rerun_in_the_same_workdir_resumes(tmp_path, data_dir, monkeypatch):
     monkeypatch.setenv("SSLAX_DATA_DIR", data_dir)
     workdir = tmp_path / "run"
