@@ -17,7 +17,6 @@ the difference; nothing in the workdir is touched.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pathlib
 import re
@@ -226,8 +225,3 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def read_meta(directory: pathlib.Path, step: int) -> dict:
-    """The meta item of one step, read without orbax (for tools and tests)."""
-    return json.loads((pathlib.Path(directory) / str(step) / "meta" / "metadata").read_text())

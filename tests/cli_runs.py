@@ -1,6 +1,7 @@
 """Running the main command in a subprocess, as a user does, on a tiny setting."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -30,3 +31,10 @@ def run_cli(args, data_dir, **env):
         timeout=600,
         check=False,
     )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a test's coordinator)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

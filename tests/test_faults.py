@@ -21,13 +21,12 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
-from cli_runs import TINY, run_cli
+from cli_runs import TINY, free_port, run_cli
 
 STEPS = 60
 FLAGS = [
@@ -132,12 +131,6 @@ def test_sigterm_finishes_the_step_saves_and_exits_zero(tmp_path, data_dir):
     assert [p.name for p in (workdir / "checkpoints").iterdir()] == [str(saved)]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two JAX processes, ~35 s: with `pytest -m slow` (CI's time budget)
 def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, data_dir):
     workdir = tmp_path / "run"
@@ -146,7 +139,7 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, d
         "--config.total_steps=100000",
         "--config.checkpoint_every=100000",
         f"--workdir={workdir}",
-        f"--coordinator_address=127.0.0.1:{_free_port()}",
+        f"--coordinator_address=127.0.0.1:{free_port()}",
         "--num_processes=2",
         "--distributed_timeout_s=30",
     ]

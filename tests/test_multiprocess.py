@@ -13,7 +13,6 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from cli_runs import TINY, run_cli
+from cli_runs import TINY, free_port, run_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOCAL_SH = str(REPO / "launch" / "local.sh")
@@ -86,12 +85,6 @@ def test_two_processes_resume_exactly_and_match_one_process_runs(tmp_path, data_
         np.testing.assert_allclose(other, reference, rtol=1e-4, err_msg=f"{devices} device(s)")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     "victim",
     [
@@ -102,7 +95,7 @@ def _free_port():
 )
 def test_a_dead_process_ends_the_others_within_bounded_time(tmp_path, data_dir, victim):
     timeout_s = 10
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "SSLAX_DATA_DIR": data_dir,
