@@ -18,6 +18,7 @@ import json
 import pathlib
 import sys
 import time
+from typing import Any, Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -331,11 +332,19 @@ class _CollapseWatch:
             self._log.print(message)
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
+def train_and_evaluate(
+    config,
+    workdir: str | pathlib.Path,
+    *,
+    log_hook: Callable[[int, Any], dict[str, float]] | None = None,
+) -> dict:
     """Pretrains ``config.method`` in ``workdir``, resuming from its newest checkpoint if any.
 
     Runs on every device of every process, over the mesh ``config.mesh``. Returns the results
-    dict also written to ``workdir/results.json``.
+    dict also written to ``workdir/results.json``. ``log_hook(step, state)``, if given, runs at
+    every log step on the state after that step (before it is donated to the next one) and
+    returns extra host-side metrics for that step's record in ``metrics.jsonl``; experiments use
+    it to measure what a method does not log, such as the drift of MoCo's key encoder.
     """
     import jax
 
@@ -344,10 +353,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict:
     mesh = parallel.make_mesh(config.mesh)
     # The mesh in context lets a method's shard_map (SimCLR's chunked loss) find its axes.
     with jax.set_mesh(mesh):
-        return _train_and_evaluate(config, pathlib.Path(workdir), mesh)
+        return _train_and_evaluate(config, pathlib.Path(workdir), mesh, log_hook)
 
 
-def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
+def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -533,6 +542,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh) -> dict:
                     throughput.append(images_per_s)
                     record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
                     record["images_per_s"] = images_per_s
+                    if log_hook is not None:
+                        record.update(log_hook(step, state))
                     log.write(step, record)
                     eta = (config.total_steps - step) * (now - train_start) / (step - first_step)
                     log.print(

@@ -37,4 +37,15 @@ def embedding_dim(config) -> int:
         return config.dino.out_dim
     if config.method in ("barlow_twins", "vicreg"):
         return config[config.method].expander_dim
+    if config.method == "simclr" and config.simclr.projection_head == "none":
+        import jax
+        import jax.numpy as jnp
+
+        from sslax.methods import common
+
+        net = common.backbone(config)
+        image = jnp.zeros((1, config.image_size, config.image_size, 3))
+        key = jax.random.key(0)
+        h = jax.eval_shape(lambda x: net.init_with_output(key, x, train=False)[0], image)
+        return h.shape[-1]
     return config.proj_dim

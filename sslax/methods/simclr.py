@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from sslax import augment, losses, parallel
 from sslax.methods import common
+from sslax.models import heads
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -28,10 +29,21 @@ def defaults() -> ml_collections.ConfigDict:
     # 0: the dense loss; > 0: tiles of this many views per device (must divide each
     # device's 2N/devices views), memory linear in the batch.
     c.loss_chunk_size = 0
+    # The ablation of Sec 4.2: "mlp" (the paper's g, proj_hidden_dim -> proj_dim), "linear"
+    # (one Dense to proj_dim) or "none" (the loss on h itself).
+    c.projection_head = "mlp"
     return c
 
 
+PROJECTION_HEADS = ("mlp", "linear", "none")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
+    if config.simclr.projection_head not in PROJECTION_HEADS:
+        raise ValueError(
+            f"simclr.projection_head must be one of {', '.join(PROJECTION_HEADS)}, got "
+            f"{config.simclr.projection_head!r}"
+        )
     chunk = config.simclr.loss_chunk_size
     if chunk < 0 or (chunk and (2 * config.batch_size) % chunk):
         raise ValueError(
@@ -60,8 +72,19 @@ def global_info_nce(z1, z2, *, temperature: float, chunk_size: int):
     return jax.shard_map(local_loss, in_specs=(P(axes), P(axes)), out_specs=P())(z1, z2)
 
 
+def projection_head(config: ml_collections.ConfigDict):
+    """The head named by ``simclr.projection_head``; None is common.encoder's MLP default."""
+    if config.simclr.projection_head == "linear":
+        return heads.MLPHead(
+            hidden_dims=(), out_dim=config.proj_dim, dtype=common.compute_dtype(config)
+        )
+    if config.simclr.projection_head == "none":
+        return heads.IdentityHead()
+    return None
+
+
 def make(config: ml_collections.ConfigDict) -> common.Method:
-    model = common.encoder(config)
+    model = common.encoder(config, projection_head(config))
     schedule = common.learning_rate_schedule(config)
     tx = common.optimizer(config, schedule)
     recipe = common.view_recipe(config)

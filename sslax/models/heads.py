@@ -19,6 +19,15 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 
+class IdentityHead(nn.Module):
+    """No projection head: the loss sees z = h (SimCLR Sec 4.2's "none" ablation)."""
+
+    @nn.compact
+    def __call__(self, h, *, train: bool):
+        del train
+        return h.astype(jnp.float32)
+
+
 class MLPHead(nn.Module):
     """Dense-BN-ReLU per hidden layer, then a last Dense (optionally followed by BN).
 

@@ -1,0 +1,27 @@
+"""experiments/sweep.py: the configs and run records the experiment scripts share."""
+
+import json
+
+import pytest
+from experiment_scripts import load
+
+sweep = load("sweep")
+
+
+def test_overrides_reach_method_sections_and_the_config_is_locked():
+    c = sweep.laptop_config("simclr", {"temperature": 0.1, "simclr.projection_head": "linear"})
+    assert (c.temperature, c.simclr.projection_head) == (0.1, "linear")
+    with pytest.raises(AttributeError):
+        c.new_field = 1
+
+
+@pytest.mark.parametrize("key", ["temprature", "simclr.no_such_field", "nosection.x"])
+def test_a_misspelt_override_is_refused(key):
+    with pytest.raises(ValueError, match=f"no config field '{key}'"):
+        sweep.laptop_config("simclr", {key: 0.1})
+
+
+def test_curve_keeps_the_last_record_of_a_repeated_step(tmp_path):
+    records = [{"step": 2, "loss": 3.0}, {"step": 4, "loss": 2.0}, {"step": 2, "loss": 2.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert sweep.curve(sweep.read_history(tmp_path), "loss") == ([2, 4], [2.5, 2.0])
