@@ -35,7 +35,7 @@ def shapes_config(method: str) -> ml_collections.ConfigDict:
 
     # Device mesh: ("data", n) splits the batch; ("fsdp", n) splits the batch too and also the
     # large parameters and optimiser state (for ViT-B and larger). -1: the remaining devices.
-    c.mesh = (("data", -1),)
+    c.mesh = (("data", -1),)  # parallel.DEFAULT_MESH (this module stays free of jax imports)
 
     c.model = "resnet18"
     c.width = 0.25

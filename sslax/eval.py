@@ -330,7 +330,13 @@ def evaluate_checkpoint(
     except pipeline.DatasetError as e:
         raise EvalError(str(e)) from None
 
-    mesh = parallel.make_mesh(config.mesh)
+    try:
+        mesh = parallel.make_mesh(config.mesh)
+    except parallel.MeshError as e:
+        # The run's mesh was sized for another machine. Inference needs no model sharding to
+        # give the same features, so split the data over whatever devices are here.
+        mesh = parallel.make_mesh(parallel.DEFAULT_MESH)
+        print(f"evaluating on mesh {dict(mesh.shape)}: the run's does not fit here ({e})")
     with jax.set_mesh(mesh):
         method = methods.get(config.method).make(config)
         sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)

@@ -31,6 +31,8 @@ from jax.sharding import PartitionSpec as P
 
 # The axes a mesh may have; both split the batch, "fsdp" also splits parameters.
 AXES = ("data", "fsdp")
+# Every device splits the batch, no parameter sharding: the laptop default.
+DEFAULT_MESH = (("data", -1),)
 # Leaves with fewer elements stay replicated under fsdp: splitting a bias or a BatchNorm scale
 # saves nothing and costs a collective.
 FSDP_MIN_SIZE = 2**14

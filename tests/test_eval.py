@@ -37,7 +37,10 @@ def test_knn_matches_a_direct_numpy_vote():
     train, labels = rng.normal(size=(300, 8)), rng.integers(0, 4, 300)
     test, test_labels = rng.normal(size=(77, 8)), rng.integers(0, 4, 77)
     k, temperature = 7, 0.5
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
     sims = unit(test) @ unit(train).T
     top = np.argsort(-sims, axis=1)[:, :k]
     votes = np.zeros((77, 4))
@@ -103,8 +106,8 @@ def test_linear_probe_refuses_mismatched_inputs():
         sslax_eval.linear_probe(x, y, x, y, holdout_fraction=1.0)
 
 
-def _eval_cli(args, data_dir):
-    env = {"SSLAX_DATA_DIR": data_dir, "JAX_PLATFORMS": "cpu"}
+def _eval_cli(args, data_dir, **extra_env):
+    env = {"SSLAX_DATA_DIR": data_dir, "JAX_PLATFORMS": "cpu", **extra_env}
     return subprocess.run(
         [sys.executable, "-m", "sslax.eval", *args],
         capture_output=True,
@@ -117,12 +120,16 @@ def _eval_cli(args, data_dir):
 
 def test_eval_command_on_a_short_run(tmp_path, data_dir):
     workdir = tmp_path / "run"
-    trained = run_cli([f"--workdir={workdir}", *TINY], data_dir)
+    # A mesh of fixed size, then evaluation on a machine with another device count.
+    trained = run_cli([f"--workdir={workdir}", *TINY, "--config.mesh=(('data', 1),)"], data_dir)
     assert trained.returncode == 0, trained.stderr[-3000:]
     run = _eval_cli(
-        [f"--workdir={workdir}", "--max_train_examples=300", "--max_test_examples=100"], data_dir
+        [f"--workdir={workdir}", "--max_train_examples=300", "--max_test_examples=100"],
+        data_dir,
+        JAX_NUM_CPU_DEVICES="2",
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "evaluating on mesh {'data': 2}: the run's does not fit here" in run.stdout
     assert "h (backbone)" in run.stdout and "z (projection head)" in run.stdout
     results = json.loads((workdir / "eval.json").read_text())
     assert results["checkpoint_step"] == 4 and results["dataset"] == "shapes"
