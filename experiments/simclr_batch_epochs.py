@@ -224,10 +224,12 @@ def plot(report: dict, path: pathlib.Path) -> None:
             [[np.mean([grid[b][e][r] for r in rules]) for e in epochs] for b in batches]
         )
         ax.imshow(values * scale, cmap="viridis", aspect="auto")
+        middle = (values.min() + values.max()) / 2
         for i, b in enumerate(batches):
             for j, e in enumerate(epochs):
                 text = " / ".join(f"{grid[b][e][r] * scale:.1f}" for r in rules)
-                ax.text(j, i, text, ha="center", va="center", color="w", fontsize=9)
+                colour = "k" if values[i, j] > middle else "w"  # legible on viridis
+                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
         ax.set_xticks(range(len(epochs)), [str(e) for e in epochs])
         ax.set_yticks(range(len(batches)), [str(b) for b in batches])
         ax.set_xlabel("epochs")

@@ -45,7 +45,7 @@ def test_main_command_writes_every_output_and_summary(tmp_path, data_dir):
         assert key in results, key
     assert results["method"] == "simclr" and results["steps"] == 4
     assert 0.0 <= results["knn_top1"] <= 1.0 and results["embedding_std"] > 0.01
-    records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -73,9 +73,9 @@ def test_rerun_in_the_same_workdir_resumes(tmp_path, data_dir, monkeypatch):
     second = train.train_and_evaluate(_tiny_config(total_steps=4), workdir)
     assert second["steps"] == 4
     steps = [
-        json.loads(l)["step"]
-        for l in (workdir / "metrics.jsonl").read_text().splitlines()
-        if "loss" in json.loads(l)
+        json.loads(line)["step"]
+        for line in (workdir / "metrics.jsonl").read_text().splitlines()
+        if "loss" in json.loads(line)
     ]
     assert steps == [2, 4]
     # Same run uninterrupted: same parameters, since batches and keys are functions of the step.
@@ -106,7 +106,7 @@ def test_bad_flags_fail_with_one_line_and_exit_2_before_compiling(
     workdir = tmp_path / "run"
     result = run_cli([f"--workdir={workdir}", flag], data_dir, JAX_LOG_COMPILES="1")
     assert result.returncode == 2, (result.stdout, result.stderr)
-    error_lines = [l for l in result.stderr.splitlines() if l.strip()]
+    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(error_lines) == 1, result.stderr
     assert message in error_lines[0] and error_lines[0].startswith("sslax.train: error:")
     assert not workdir.exists()
