@@ -269,7 +269,9 @@ def test_step_traces_for_equal_crop_sizes_and_for_vits(overrides):
 #   sharpening off: entropy 5.544 / 5.542 / 5.543, max prob 0.004 / 0.005 / 0.005;
 #   both on:        entropy 4.18 / 4.54 / 4.37, max prob 0.143 / 0.073 / 0.099, mutual
 #                   information 1.01 / 0.76 / 0.89 nats (batch entropy 5.19 / 5.29 / 5.25).
-# Seed 0 of "both on" is the run the tests above inspect.
+# Seed 0 of "both on" is the run the tests above inspect. The collapse tests are slow (CI's
+# time budget); experiments/dino_centering.py's smoke test trains an ablation in the default
+# suite, and its slow test asserts the same claims at the experiment's own small size.
 SEEDS = [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 
 
@@ -288,6 +290,7 @@ def _describe(m):
     return ", ".join(f"{k} {m[k]:.3f}" for k in keys)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_without_centering_the_teacher_collapses_to_one_prototype(seed):
     m = _summary(seed, centering=False)
@@ -296,6 +299,7 @@ def test_without_centering_the_teacher_collapses_to_one_prototype(seed):
     assert m["teacher_batch_entropy"] < 0.25, _describe(m)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_without_sharpening_the_teacher_goes_uniform(seed):
     m = _summary(seed, sharpening=False)

@@ -74,9 +74,10 @@ def test_two_processes_resume_exactly_and_match_one_process_runs(tmp_path, data_
     after_resume = json.loads((two / "results.json").read_text())
     assert after_resume["params_checksum"] == uninterrupted["params_checksum"]
 
-    # Other topologies see the same global batches: losses agree to float32 reduction order.
+    # Another topology sees the same global batches: losses agree to float32 reduction order.
+    # (One process on 8 devices against one device is test_parallel's.)
     reference = np.array([first[s] for s in range(1, STEPS + 1)])
-    for devices in (4, 1):
+    for devices in (1,):
         workdir = tmp_path / f"one_process_{devices}"
         run = run_cli([*FLAGS, f"--workdir={workdir}"], data_dir, JAX_NUM_CPU_DEVICES=str(devices))
         assert run.returncode == 0, run.stderr[-3000:]

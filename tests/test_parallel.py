@@ -70,9 +70,10 @@ def _one_device_step(name):
     return _one_step(_config(name))
 
 
-# In the default suite: SimCLR, whose BatchNorm sees both views together, and Barlow Twins,
-# whose BatchNorm sees each view on its own (vmapped); the other methods with `pytest -m slow`.
-DEFAULT_SUITE = ("simclr", "barlow_twins")
+# In the default suite: SimCLR, whose BatchNorm sees both views together; Barlow Twins, whose
+# BatchNorm sees each view on its own (vmapped), and the other methods with `pytest -m slow`
+# (CI's time budget).
+DEFAULT_SUITE = ("simclr",)
 
 
 @pytest.mark.parametrize(
