@@ -183,17 +183,12 @@ def _plot(path: pathlib.Path, report: dict[str, Any]) -> None:
         )
         axes[2].set_xscale("log")
         axes[2].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    sweep.save_figure(fig, path)
 
 
 def run(out_dir: str | pathlib.Path, **settings: Any) -> dict[str, Any]:
     """Trains one SimCLR run per strength (and per crop scale); writes the json and png."""
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown settings: {sorted(unknown)}")
-    s = {**DEFAULTS, **settings}
+    s = sweep.settings(DEFAULTS, settings)
     s["strengths"] = [float(v) for v in s["strengths"]]
     s["crop_min_scales"] = [float(v) for v in s["crop_min_scales"]]
     if not s["strengths"] or min(s["strengths"]) < 0 or s["steps"] < 1:

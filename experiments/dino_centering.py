@@ -55,7 +55,6 @@ entropy over steps, with log K and 1/K marked).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import pathlib
 from typing import Any
@@ -69,7 +68,6 @@ import ml_collections  # noqa: E402
 import sweep  # noqa: E402
 
 NAME = "dino_centering"
-CONFIG_FILE = pathlib.Path(__file__).resolve().parent / "configs" / "dino.py"
 # name -> (centering, sharpening)
 RUNS = {
     "both_on": (True, True),
@@ -89,14 +87,8 @@ TAIL = 3
 
 
 def recipe_config(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-    """``experiments/configs/dino.py``'s config with dotted ``overrides``; a misspelt key
-    raises, as the config stays locked."""
-    spec = importlib.util.spec_from_file_location("config_dino", CONFIG_FILE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.update_from_flattened_dict(overrides)
-    return config
+    """``experiments/configs/dino.py``'s config with dotted ``overrides``."""
+    return sweep.file_config("dino", overrides)
 
 
 def _train(name: str, s: dict[str, Any], size: dict[str, Any], out: pathlib.Path):
@@ -162,9 +154,7 @@ def _plot(path: pathlib.Path, report: dict[str, Any]) -> None:
     fig.suptitle(
         f"DINO teacher over K = {k} prototypes: centring and sharpening switched off one at a time"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    sweep.save_figure(fig, path)
 
 
 def run(
@@ -174,10 +164,7 @@ def run(
 
     ``size``: further config overrides for every run (the tests pass small sizes).
     """
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown settings: {sorted(unknown)}")
-    s = {**DEFAULTS, **settings}
+    s = sweep.settings(DEFAULTS, settings)
     s["runs"] = list(s["runs"])
     if not s["runs"] or set(s["runs"]) - set(RUNS):
         raise ValueError(f"runs must be some of {tuple(RUNS)}, got {s['runs']}")

@@ -225,17 +225,12 @@ def _plot(path: pathlib.Path, report: dict) -> None:
         f"MoCo v2, {s['steps']} steps at batch {s['batch_size']}, queue {s['queue_size']} "
         f"({report['queue_age_steps']} batches), shapes data"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    sweep.save_figure(fig, path)
 
 
 def run(out_dir: str | pathlib.Path, **settings: Any) -> dict[str, Any]:
     """Trains one MoCo v2 run per momentum; writes the json and png, returns the json."""
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown settings: {sorted(unknown)}")
-    s = {**DEFAULTS, **settings}
+    s = sweep.settings(DEFAULTS, settings)
     s["momenta"] = [float(m) for m in s["momenta"]]
     if not s["momenta"] or not all(0.0 <= m <= 1.0 for m in s["momenta"]):
         raise ValueError(f"momenta must be in [0, 1], got {s['momenta']}")

@@ -123,17 +123,12 @@ def _plot(path: pathlib.Path, report: dict, histories: dict[str, list[dict]]) ->
         f"SimCLR projection-head ablation: {report['settings']['steps']} steps at batch "
         f"{report['settings']['batch_size']}, shapes data"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    sweep.save_figure(fig, path)
 
 
 def run(out_dir: str | pathlib.Path, **settings: Any) -> dict[str, Any]:
     """Trains one SimCLR run per head, probes h and z; writes the json and png, returns it."""
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown settings: {sorted(unknown)}")
-    s = {**DEFAULTS, **settings}
+    s = sweep.settings(DEFAULTS, settings)
     s["heads"] = tuple(s["heads"])
     bad = set(s["heads"]) - set(HEADS)
     if bad or not s["heads"]:

@@ -252,9 +252,7 @@ def plot(report: dict, path: pathlib.Path) -> None:
     ax.set_ylabel("linear-probe top-1 (%)")
     ax.set_title("sslax: top-1 over batch size", fontsize=10)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    sweep.save_figure(fig, path)
 
 
 def _ints(text: str) -> tuple[int, ...]:

@@ -54,7 +54,6 @@ method).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import pathlib
 from typing import Any
@@ -69,7 +68,6 @@ import sweep  # noqa: E402
 from sslax import methods as sslax_methods  # noqa: E402
 
 NAME = "stop_gradient"
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 METHODS = ("byol", "simsiam")
 DEFAULTS: dict[str, Any] = {
     "methods": METHODS,
@@ -84,14 +82,8 @@ LOSS_MINIMUM = {"byol": 0.0, "simsiam": -1.0}
 
 
 def recipe_config(method: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-    """``experiments/configs/<method>.py``'s config with dotted ``overrides``; a misspelt key
-    raises, as the config stays locked."""
-    spec = importlib.util.spec_from_file_location(f"config_{method}", CONFIG_DIR / f"{method}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.update_from_flattened_dict(overrides)
-    return config
+    """``experiments/configs/<method>.py``'s config with dotted ``overrides``."""
+    return sweep.file_config(method, overrides)
 
 
 def run_name(method: str, stop_gradient: bool) -> str:
@@ -174,9 +166,7 @@ def _plot(path: pathlib.Path, report: dict[str, Any], threshold: float) -> None:
         "Stop-gradient on vs off (dotted verticals: sslax.train's collapse warning; kNN top-1 "
         f"of random init {next(iter(report['runs'].values()))['knn_top1_random_init']:.3f})"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    sweep.save_figure(fig, path)
 
 
 def run(
@@ -186,10 +176,7 @@ def run(
 
     ``size``: further config overrides for every run (the tests pass ``sweep.TINY``).
     """
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown settings: {sorted(unknown)}")
-    s = {**DEFAULTS, **settings}
+    s = sweep.settings(DEFAULTS, settings)
     s["methods"] = list(s["methods"])
     if not s["methods"] or set(s["methods"]) - set(METHODS):
         raise ValueError(f"methods must be some of {METHODS}, got {s['methods']}")

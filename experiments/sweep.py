@@ -26,6 +26,8 @@ import ml_collections
 
 from sslax import configs
 
+CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+
 # Smoke-test sizes: seconds per run, the whole script path exercised, nothing measured.
 TINY = {
     "batch_size": 16,
@@ -54,6 +56,40 @@ def laptop_config(method: str, overrides: dict[str, Any]) -> ml_collections.Conf
             )
         node[name] = value
     return config.lock()
+
+
+def file_config(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+    """``experiments/configs/NAME.py``'s ``get_config()`` with dotted ``overrides``.
+
+    For experiments that start from a method's own laptop recipe (its optimiser, views and
+    heads) rather than the bare :func:`laptop_config`. The config stays locked, so a misspelt
+    key raises KeyError.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"config_{name}", CONFIGS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def settings(defaults: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``given``; a name not in ``defaults`` raises TypeError."""
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown settings: {sorted(unknown)}")
+    return {**defaults, **given}
+
+
+def save_figure(fig, path: pathlib.Path) -> None:
+    """Lays out, writes and closes a matplotlib figure (every experiment's NAME.png)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def read_history(workdir: pathlib.Path) -> list[dict]:

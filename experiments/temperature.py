@@ -293,17 +293,12 @@ def _plot(path: pathlib.Path, report: dict[str, Any]) -> None:
     handles = ax.get_legend_handles_labels()
     extra = paper.get_legend_handles_labels()
     ax.legend(handles[0] + extra[0], handles[1] + extra[1], fontsize=7, loc="lower center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    sweep.save_figure(fig, path)
 
 
 def run(out_dir: str | pathlib.Path, **settings: Any) -> dict[str, Any]:
     """Part 1 and the training sweep; writes ``temperature.json`` and ``.png``, returns the json."""
-    unknown = set(settings) - set(DEFAULTS)
-    if unknown:
-        raise TypeError(f"unknown settings: {sorted(unknown)}")
-    s = {**DEFAULTS, **settings}
+    s = sweep.settings(DEFAULTS, settings)
     s["taus"] = [float(t) for t in s["taus"]]
     if not s["taus"] or min(s["taus"]) <= 0 or s["steps"] < 1:
         raise ValueError("need at least one positive tau and steps >= 1")

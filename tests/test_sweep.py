@@ -25,3 +25,18 @@ def test_curve_keeps_the_last_record_of_a_repeated_step(tmp_path):
     records = [{"step": 2, "loss": 3.0}, {"step": 4, "loss": 2.0}, {"step": 2, "loss": 2.5}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert sweep.curve(sweep.read_history(tmp_path), "loss") == ([2, 4], [2.5, 2.0])
+
+
+def test_settings_refuse_an_unknown_name_and_keep_the_defaults():
+    defaults = {"steps": 200, "batch_size": 256}
+    assert sweep.settings(defaults, {"steps": 4}) == {"steps": 4, "batch_size": 256}
+    assert defaults == {"steps": 200, "batch_size": 256}
+    with pytest.raises(TypeError, match="unknown settings: \\['step'\\]"):
+        sweep.settings(defaults, {"step": 4})
+
+
+def test_file_config_is_the_recipe_file_with_overrides():
+    config = sweep.file_config("simsiam", {"simsiam.stop_gradient": False, "total_steps": 7})
+    assert (config.optimizer, config.simsiam.stop_gradient, config.total_steps) == ("sgd", False, 7)
+    with pytest.raises(KeyError):
+        sweep.file_config("simsiam", {"simsiam.stop_gradiet": False})
