@@ -113,6 +113,7 @@ def test_every_method_default_config_passes_its_checks(method):
         ("barlow_twins", "barlow_twins.expander_dim", 0, "barlow_twins.expander_dim must be"),
         ("vicreg", "vicreg.std_coeff", -25.0, "vicreg.std_coeff must be >= 0, got -25.0"),
         ("simclr", "simclr.loss_chunk_size", 3, "simclr.loss_chunk_size must be 0 (dense)"),
+        ("simclr", "simclr.projection_head", "mpl", "projection_head must be one of mlp, linear"),
     ],
 )
 def test_method_checks_name_the_field_the_value_and_what_is_allowed(method, field, value, message):
