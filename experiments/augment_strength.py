@@ -105,22 +105,11 @@ def _one_run(out: pathlib.Path, name: str, s: dict[str, Any], knobs: dict) -> di
         },
     )
     results, history = sweep.run(config, out / "runs" / name)
-    final_eval = [r for r in history if "knn_top1" in r][-1]
     return {
         "augment_strength": config.augment_strength,
         "crop_min_scale": config.crop_min_scale,
         "recipe": recipe_of(config),
-        "knn_top1": results["knn_top1"],
-        "linear_top1": results["linear_top1"],
-        "final_loss": results["final_loss"],
-        "embedding_std": results["embedding_std"],
-        "alignment": final_eval["alignment"],
-        "uniformity": final_eval["uniformity"],
-        "effective_rank": final_eval["effective_rank"],
-        "collapse_warning_step": results["collapse_warning_step"],
-        "wall_time_s": results["wall_time_s"],
-        "knn_top1_random_init": results["knn_top1_random_init"],
-        "knn_top1_raw_pixels": results["knn_top1_raw_pixels"],
+        **sweep.run_summary(results, history),
     }
 
 

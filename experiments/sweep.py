@@ -131,6 +131,28 @@ def run(
     return results, read_history(workdir)
 
 
+def run_summary(results: dict, history: list[dict]) -> dict:
+    """What every SimCLR-style experiment reports of one run: its results and final geometry.
+
+    Accuracy and the run's own facts from results.json; alignment, uniformity and effective
+    rank of z from the last evaluation record of the history.
+    """
+    final_eval = [r for r in history if "knn_top1" in r][-1]
+    return {
+        "knn_top1": results["knn_top1"],
+        "linear_top1": results["linear_top1"],
+        "final_loss": results["final_loss"],
+        "embedding_std": results["embedding_std"],
+        "alignment": final_eval["alignment"],
+        "uniformity": final_eval["uniformity"],
+        "effective_rank": final_eval["effective_rank"],
+        "collapse_warning_step": results["collapse_warning_step"],
+        "wall_time_s": results["wall_time_s"],
+        "knn_top1_random_init": results["knn_top1_random_init"],
+        "knn_top1_raw_pixels": results["knn_top1_raw_pixels"],
+    }
+
+
 def write_json(out: pathlib.Path, name: str, report: dict) -> pathlib.Path:
     """Writes ``OUT/NAME.json`` (indented, one trailing newline); returns its path."""
     out = pathlib.Path(out)

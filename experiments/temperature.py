@@ -209,21 +209,7 @@ def train_sweep(out: pathlib.Path, s: dict[str, Any]) -> dict[str, dict[str, Any
             },
         )
         results, history = sweep.run(config, out / "runs" / f"tau_{tau:g}")
-        final_eval = [r for r in history if "knn_top1" in r][-1]
-        runs[f"{tau:g}"] = {
-            "tau": float(tau),
-            "knn_top1": results["knn_top1"],
-            "linear_top1": results["linear_top1"],
-            "final_loss": results["final_loss"],
-            "embedding_std": results["embedding_std"],
-            "alignment": final_eval["alignment"],
-            "uniformity": final_eval["uniformity"],
-            "effective_rank": final_eval["effective_rank"],
-            "collapse_warning_step": results["collapse_warning_step"],
-            "wall_time_s": results["wall_time_s"],
-            "knn_top1_random_init": results["knn_top1_random_init"],
-            "knn_top1_raw_pixels": results["knn_top1_raw_pixels"],
-        }
+        runs[f"{tau:g}"] = {"tau": float(tau), **sweep.run_summary(results, history)}
     return runs
 
 
