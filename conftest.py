@@ -1,4 +1,4 @@
-"""Test setup: 8 simulated CPU devices, and one compilation cache for the whole session.
+"""Test setup: 8 simulated CPU devices, sslax's XLA:CPU flags, and one compilation cache.
 
 The device count must be fixed before JAX initialises its backend, hence at import time here.
 
@@ -18,6 +18,13 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="sslax-test-jax-cache-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+
+# The XLA:CPU flags `python -m sslax.train` runs with (most test networks are ResNets); the
+# CLI subprocesses of the end-to-end tests inherit them. tests/test_runtime.py checks that they
+# change no result.
+from sslax import runtime  # noqa: E402
+
+runtime.use_tuned_xla_flags("resnet18")
 
 import jax  # noqa: E402
 

@@ -394,6 +394,20 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _use_tuned_xla_flags_for(workdir: str) -> None:
+    """sslax.runtime's XLA:CPU flags for the run's model, before any JAX computation."""
+    import json
+    import pathlib
+
+    from sslax import runtime
+
+    try:
+        model = json.loads((pathlib.Path(workdir) / "config.json").read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        model = None  # evaluate_checkpoint reports the unreadable workdir
+    runtime.use_tuned_xla_flags(model)
+
+
 def main(argv=None) -> None:
     import sys
 
@@ -421,6 +435,7 @@ def main(argv=None) -> None:
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
         f = flags.FLAGS
+        _use_tuned_xla_flags_for(f.workdir)
         try:
             results = evaluate_checkpoint(
                 f.workdir,

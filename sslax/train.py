@@ -709,16 +709,20 @@ def main(argv: list[str], config_flag, workdir_flag) -> None:
         _fail(f"unexpected arguments {argv[1:]}")
     import jax
 
-    _start_distributed()
+    from sslax import runtime
 
-    # orbax and grain log every save and read at INFO; the progress lines are ours.
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
     try:
         config = config_flag.value
         config.method  # a config file that failed to load raises only on first use
     except Exception as e:
         _fail(f"cannot load --config: {e}")
+    # Before any backend starts: XLA reads its flags once. They depend on the model.
+    runtime.use_tuned_xla_flags(config.model)
+    _start_distributed()
+
+    # orbax and grain log every save and read at INFO; the progress lines are ours.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     try:
         validate_config(config, num_devices=jax.device_count())
     except ConfigError as e:
