@@ -9,10 +9,12 @@ What is tuned, and why (``experiments/benchmarks/README.md`` has the numbers):
 - ``xla_cpu_experimental_ynn_fusion_type``: which ops XLA:CPU hands to the YNNPACK library.
   jax 0.10's default sends convolutions there too; on x86 CPUs its convolutions (forward and
   weight gradient) ran 2-2.5x slower than XLA's Eigen path on ResNet layer shapes, so
-  convolutional networks get ``eltwise,reduce`` (YNNPACK's fused elementwise and reduction
-  kernels, Eigen convolutions). Transformers get ``dot,reduce``: YNNPACK's dot fusions
-  without its elementwise fusions, which made a ViT step ~25% slower; float32 ViT steps ran
-  9-20% faster than under the defaults.
+  convolutional networks get ``reduce`` (Eigen convolutions, YNNPACK's reductions for the
+  BatchNorm statistics). ``eltwise,reduce`` was ~10% faster still on ResNet-18, but XLA:CPU
+  then failed to compile an FSDP-sharded ResNet step ("unsupported layout in YNN fusion"), so
+  sslax does not use YNNPACK's elementwise fusions. Transformers get ``dot,reduce``: YNNPACK's
+  dot fusions without its elementwise ones, which made a ViT step ~25% slower; float32 ViT
+  steps ran 9-20% faster than under the defaults.
 
 The flags only concern the CPU backend; GPU and TPU compilers ignore them. A flag you set
 yourself in ``XLA_FLAGS`` always wins, and ``SSLAX_XLA_FLAGS=default`` leaves XLA alone.
@@ -25,7 +27,7 @@ import os
 
 YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 PRESETS = {
-    "convnet": {YNN_FLAG: "eltwise,reduce"},
+    "convnet": {YNN_FLAG: "reduce"},
     "transformer": {YNN_FLAG: "dot,reduce"},
 }
 OPT_OUT = "SSLAX_XLA_FLAGS"
@@ -40,9 +42,9 @@ def tuned_xla_flags(current: str, model: str | None = None) -> str:
     """``current`` XLA_FLAGS plus the preset's flags that ``current`` does not already set.
 
     >>> tuned_xla_flags("", "resnet18")
-    '--xla_cpu_experimental_ynn_fusion_type=eltwise,reduce'
-    >>> tuned_xla_flags("--xla_cpu_experimental_ynn_fusion_type=reduce --x=1", "resnet50")
-    '--xla_cpu_experimental_ynn_fusion_type=reduce --x=1'
+    '--xla_cpu_experimental_ynn_fusion_type=reduce'
+    >>> tuned_xla_flags("--xla_cpu_experimental_ynn_fusion_type=dot --x=1", "resnet50")
+    '--xla_cpu_experimental_ynn_fusion_type=dot --x=1'
     >>> tuned_xla_flags("--x=1", "vit_tiny")
     '--x=1 --xla_cpu_experimental_ynn_fusion_type=dot,reduce'
     """

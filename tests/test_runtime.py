@@ -16,15 +16,15 @@ YNN = runtime.YNN_FLAG
 def test_presets_by_model_family():
     assert runtime.preset_for("resnet18") == runtime.preset_for("resnet50") == "convnet"
     assert runtime.preset_for("vit_small") == "transformer"
-    assert runtime.tuned_xla_flags("", "resnet50") == f"--{YNN}=eltwise,reduce"
+    assert runtime.tuned_xla_flags("", "resnet50") == f"--{YNN}=reduce"
     assert runtime.tuned_xla_flags("", "vit_base") == f"--{YNN}=dot,reduce"
 
 
 def test_flags_of_the_user_win_and_others_are_kept():
-    mine = f"--xla_force_host_platform_device_count=8 --{YNN}=reduce"
+    mine = f"--xla_force_host_platform_device_count=8 --{YNN}=eltwise"
     assert runtime.tuned_xla_flags(mine, "resnet18") == mine
     merged = runtime.tuned_xla_flags("--xla_force_host_platform_device_count=8", "resnet18")
-    assert merged.split() == ["--xla_force_host_platform_device_count=8", f"--{YNN}=eltwise,reduce"]
+    assert merged.split() == ["--xla_force_host_platform_device_count=8", f"--{YNN}=reduce"]
 
 
 def test_refuses_once_backends_started(monkeypatch, caplog):

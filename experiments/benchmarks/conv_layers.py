@@ -1,26 +1,29 @@
 """The convolutions of a ResNet-18 (CIFAR stem, 32 px) alone: forward + both gradients, summed.
 
     python experiments/benchmarks/conv_layers.py --side=jax [--xla=tuned|default] [--views=128]
+        [--repeats=5]
     python experiments/benchmarks/conv_layers.py --side=torch          # needs '.[bench]'
 
 Times, for every convolution of the network (shape, stride, count), one jitted forward and
-backward (input and weight gradients) on ``views`` images, median of ``repeats`` calls, and
-prints the per-layer times and their sum. Set next to a full step's time (``run.py``), it says
-how much of the step the convolutions explain and how much is everything else.
+backward (input and weight gradients) on ``views`` images, median of ``repeats`` calls after a
+warm-up call, and prints the per-layer times and their sum. Set next to a full step's time
+(``run.py``), it says how much of the step the convolutions explain and how much is the rest.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
+import pathlib
+import sys
 
 import numpy as np
 from absl import app, flags
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import run  # noqa: E402  (its timing helper and --repeats)
+
 _SIDE = flags.DEFINE_enum("side", "jax", ["jax", "torch"], "Which framework.")
 _XLA = flags.DEFINE_enum("xla", "tuned", ["tuned", "default"], "sslax's XLA:CPU flags or none.")
 _VIEWS = flags.DEFINE_integer("views", 128, "Batch of the convolutions (2 x images).")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per layer.")
 
 # (input side, in channels, out channels, stride, kernel, how many in the network)
 RESNET18_CIFAR = (
@@ -36,16 +39,6 @@ RESNET18_CIFAR = (
     (8, 256, 512, 2, 1, 1),
     (4, 512, 512, 1, 3, 3),
 )
-
-
-def _median_s(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _jax_layer(side, cin, cout, stride, k, views, repeats):
@@ -67,7 +60,7 @@ def _jax_layer(side, cin, cout, stride, k, views, repeats):
     x = jnp.asarray(rng.random((views, side, side, cin), np.float32))
     w = jnp.asarray(rng.random((k, k, cin, cout), np.float32))
     grads = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w)), argnums=(0, 1)))
-    return _median_s(lambda: jax.block_until_ready(grads(x, w)), repeats)
+    return run._median_s(lambda: jax.block_until_ready(grads(x, w)), repeats, warmup=1)
 
 
 def _torch_layer(side, cin, cout, stride, k, views, repeats):
@@ -82,7 +75,7 @@ def _torch_layer(side, cin, cout, stride, k, views, repeats):
         x.grad = w.grad = None
         F.conv2d(x, w, None, stride, k // 2).sum().backward()
 
-    return _median_s(step, repeats)
+    return run._median_s(step, repeats, warmup=1)
 
 
 def main(argv):
@@ -95,7 +88,7 @@ def main(argv):
     layer = _jax_layer if _SIDE.value == "jax" else _torch_layer
     total = 0.0
     for side, cin, cout, stride, k, count in RESNET18_CIFAR:
-        seconds = layer(side, cin, cout, stride, k, _VIEWS.value, _REPEATS.value)
+        seconds = layer(side, cin, cout, stride, k, _VIEWS.value, run._REPEATS.value)
         total += count * seconds
         print(
             f"{k}x{k} {cin:3d}->{cout:3d} stride {stride} at {side:2d} px  x{count}: "

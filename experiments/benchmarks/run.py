@@ -114,31 +114,16 @@ def _suite(name: str) -> list[Case]:
         return cpu_size if cpu else gpu_size
 
     accel = "float32" if cpu else "bfloat16"
+    # The two networks run side by side with PyTorch, in both dtypes.
     cases = [
-        Case(
-            "simclr_resnet18_cifar32_f32",
-            "step",
-            overrides=_r18_cifar(b(64, 512), "float32"),
-            torch=True,
-        ),
-        Case(
-            "simclr_resnet18_cifar32_bf16",
-            "step",
-            overrides=_r18_cifar(b(64, 512), "bfloat16"),
-            torch=True,
-        ),
-        Case(
-            "simclr_vit_tiny4_32px_f32",
-            "step",
-            overrides=_vit_tiny_32(b(64, 512), "float32"),
-            torch=True,
-        ),
-        Case(
-            "simclr_vit_tiny4_32px_bf16",
-            "step",
-            overrides=_vit_tiny_32(b(64, 512), "bfloat16"),
-            torch=True,
-        ),
+        Case(f"{label}_{suffix}", "step", overrides=overrides(b(64, 512), dtype), torch=True)
+        for label, overrides in (
+            ("simclr_resnet18_cifar32", _r18_cifar),
+            ("simclr_vit_tiny4_32px", _vit_tiny_32),
+        )
+        for dtype, suffix in (("float32", "f32"), ("bfloat16", "bf16"))
+    ]
+    cases += [
         Case("simclr_laptop_default", "step"),  # the README command's config, as is
         Case(
             "simclr_resnet50_224px",
