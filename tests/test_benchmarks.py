@@ -39,6 +39,7 @@ def test_every_case_of_both_suites_has_a_valid_config(suite):
         assert name in {c.name for c in run._suite("gpu")}, name
 
 
+@pytest.mark.slow  # ~20 s of compiling a whole train step; CI's budget keeps it out
 def test_step_child_reports_speed_flops_compile_time_and_memory():
     case = run.Case(
         "tiny", "step", overrides=(("width", 0.125), ("batch_size", 4), ("image_size", 16))
