@@ -1,7 +1,8 @@
 """XLA:CPU settings that sslax measured to be faster, applied before JAX starts its backends.
 
 XLA reads ``XLA_FLAGS`` once, when the first backend starts, so these must be set before the
-first computation. ``python -m sslax.train`` does it for you; a script of your own calls
+first computation. ``python -m sslax.train`` and ``python -m sslax.eval`` do it for you; a
+script of your own calls
 :func:`use_tuned_xla_flags` first thing (importing jax is fine, computing is not).
 
 What is tuned, and why (``experiments/benchmarks/README.md`` has the numbers):
@@ -13,8 +14,8 @@ What is tuned, and why (``experiments/benchmarks/README.md`` has the numbers):
   BatchNorm statistics). ``eltwise,reduce`` was ~10% faster still on ResNet-18, but XLA:CPU
   then failed to compile an FSDP-sharded ResNet step ("unsupported layout in YNN fusion"), so
   sslax does not use YNNPACK's elementwise fusions. Transformers get ``dot,reduce``: YNNPACK's
-  dot fusions without its elementwise ones, which made a ViT step ~25% slower; float32 ViT
-  steps ran 9-20% faster than under the defaults.
+  dot fusions without its elementwise ones, which made a ViT step ~25% slower; the float32
+  ViT-Tiny step ran 9-20% faster than under the defaults (the DINO steps: within noise).
 
 The flags only concern the CPU backend; GPU and TPU compilers ignore them. A flag you set
 yourself in ``XLA_FLAGS`` always wins, and ``SSLAX_XLA_FLAGS=default`` leaves XLA alone.
