@@ -2,8 +2,8 @@
 
 XLA reads ``XLA_FLAGS`` once, when the first backend starts, so these must be set before the
 first computation. ``python -m sslax.train`` and ``python -m sslax.eval`` do it for you; a
-script of your own calls
-:func:`use_tuned_xla_flags` first thing (importing jax is fine, computing is not).
+script of your own calls :func:`use_tuned_xla_flags` first thing (importing jax is fine,
+computing is not).
 
 What is tuned, and why (``experiments/benchmarks/README.md`` has the numbers):
 
