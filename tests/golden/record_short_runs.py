@@ -1,0 +1,40 @@
+"""Writes tests/golden/short_runs.json: short runs' checksums and metrics, to compare against.
+
+    python tests/golden/record_short_runs.py
+
+Run it only on purpose (it records what the code does now): it was run once before the
+training loop of sslax.train was split into named pieces (issue 16), so that
+tests/test_train_loop.py can show the split changed no bit. The runs use the test setting
+(8 simulated CPU devices, sslax's XLA:CPU flags), the same as under pytest.
+"""
+
+import json
+import pathlib
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))  # the repository root: conftest's device setup
+sys.path.insert(0, str(HERE.parent))
+
+import conftest  # noqa: E402,F401  (8 CPU devices, tuned flags, before JAX starts)
+from short_runs import RUNS, short_run  # noqa: E402
+
+
+def main() -> None:
+    import os
+
+    import jax
+
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["SSLAX_DATA_DIR"] = os.path.join(tmp, "data")
+        record = {
+            "jax": jax.__version__,
+            "runs": {name: short_run(name, pathlib.Path(tmp) / name) for name in RUNS},
+        }
+    (HERE / "short_runs.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(json.dumps(record)[:400])
+
+
+if __name__ == "__main__":
+    main()
