@@ -12,7 +12,15 @@ TIMING = ("images_per_s", "compile_s", "wall_time_s", "workdir")
 # its teacher, centre, frozen last layer and schedules.
 RUNS = {
     "simclr": dict(method="simclr"),
-    "dino": dict(method="dino", **{"dino.freeze_last_layer_steps": 2}),
+    "dino": {
+        "method": "dino",
+        "dino.freeze_last_layer_steps": 2,
+        "dino.out_dim": 64,
+        "dino.hidden_dim": 32,
+        "dino.bottleneck_dim": 16,
+        "dino.local_size": 8,
+        "dino.num_local": 2,
+    },
 }
 COMMON = dict(
     total_steps=6,
@@ -28,8 +36,6 @@ COMMON = dict(
     log_every=2,
     checkpoint_every=3,
     eval_every=3,
-    **{"dino.out_dim": 64, "dino.hidden_dim": 32, "dino.bottleneck_dim": 16,
-       "dino.local_size": 8, "dino.num_local": 2},
 )
 
 

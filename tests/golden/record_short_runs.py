@@ -14,10 +14,20 @@ import sys
 import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent.parent))  # the repository root: conftest's device setup
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT))  # this checkout's sslax
 sys.path.insert(0, str(HERE.parent))
 
-import conftest  # noqa: E402,F401  (8 CPU devices, tuned flags, before JAX starts)
+
+def _test_setting() -> None:
+    """The repository's conftest.py: 8 CPU devices and the tuned XLA flags, before JAX starts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+_test_setting()
 from short_runs import RUNS, short_run  # noqa: E402
 
 
@@ -25,6 +35,8 @@ def main() -> None:
     import os
 
     import jax
+
+    assert jax.device_count() == 8, "not the test setting"
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["SSLAX_DATA_DIR"] = os.path.join(tmp, "data")
