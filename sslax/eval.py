@@ -21,7 +21,7 @@ multinomial logistic regression on frozen, normalised features, fitted by full-b
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -269,6 +269,79 @@ def feature_extractor(encode: Callable, state_shardings, mesh, *, largest: int) 
     return features
 
 
+class TrainingEvaluator:
+    """What a run measures on held-out data while it trains, set up once per run.
+
+    ``evaluator(state, linear=False)`` gives kNN top-1 of h (``knn_top1``), the embedding std
+    of z on the held-out images (``eval_embedding_std``), the alignment, uniformity and effective
+    rank of z on two augmented views of the first ``diagnostics_examples`` held-out images
+    (views made once, from key ``seed + 1``, so every evaluation sees the same ones), and with
+    ``linear`` the linear-probe top-1 of h (``linear_top1``). kNN and the probe train on the
+    first ``knn_train_examples`` images of the training split and test on the first
+    ``knn_test_examples`` of the held-out one.
+    """
+
+    def __init__(self, config, encode: Callable, state_shardings, mesh, train_source, test_source):
+        from sslax import augment
+        from sslax.data import pipeline
+        from sslax.methods import common
+
+        self._k, self._temperature = config.knn_k, config.knn_temperature
+        self._train = pipeline.split_arrays(train_source, max_examples=config.knn_train_examples)
+        self._test = pipeline.split_arrays(test_source, max_examples=config.knn_test_examples)
+        subset = self._test[0][: config.diagnostics_examples]
+        self._features = feature_extractor(
+            encode,
+            state_shardings,
+            mesh,
+            largest=max(len(self._train[0]), len(self._test[0]), 2 * len(subset)),
+        )
+        recipe = common.view_recipe(config)
+        indices = jnp.arange(len(subset), dtype=jnp.int32)
+        views = jax.jit(lambda key, x: augment.two_views(key, x, recipe, indices=indices))(
+            jax.random.key(config.seed + 1), subset
+        )
+        self._views = np.asarray(np.round(np.asarray(views) * 255.0), np.uint8)
+
+    def __call__(self, state, *, linear: bool = False) -> dict[str, float]:
+        from sslax import diagnostics
+
+        (train_images, train_labels), (test_images, test_labels) = self._train, self._test
+        h_train, _ = self._features(state, train_images)
+        h_test, z_test = self._features(state, test_images)
+        _, z_views = self._features(state, self._views)
+        z1, z2 = np.split(z_views, 2)
+        out = {
+            "knn_top1": knn_top1(
+                h_train, train_labels, h_test, test_labels, k=self._k, temperature=self._temperature
+            ),
+            "eval_embedding_std": float(diagnostics.embedding_std(z_test)),
+            "alignment": float(diagnostics.alignment(z1, z2)),
+            "uniformity": float(diagnostics.uniformity(z1)),
+            "effective_rank": float(diagnostics.effective_rank(z1)),
+        }
+        if linear:
+            out["linear_top1"] = linear_probe(h_train, train_labels, h_test, test_labels)["top1"]
+        return out
+
+    def raw_pixels_top1(self) -> float:
+        """The same kNN on mean-centred raw pixels: the baseline a representation must beat."""
+
+        def flat_pixels(images):
+            x = images.reshape(len(images), -1).astype(np.float32)
+            return x - x.mean(axis=1, keepdims=True)
+
+        (train_images, train_labels), (test_images, test_labels) = self._train, self._test
+        return knn_top1(
+            flat_pixels(train_images),
+            train_labels,
+            flat_pixels(test_images),
+            test_labels,
+            k=self._k,
+            temperature=self._temperature,
+        )
+
+
 def scores(features: dict, labels: dict, *, k: int = 20, temperature: float = 0.07) -> dict:
     """kNN and linear-probe top-1 of h and z: ``features[split][kind]``, ``labels[split]``."""
     out = {}
@@ -307,7 +380,7 @@ def evaluate_checkpoint(
 
     from ml_collections import ConfigDict
 
-    from sslax import checkpointing, methods, parallel
+    from sslax import checkpointing, parallel, train
     from sslax.data import pipeline
 
     workdir = pathlib.Path(workdir)
@@ -338,11 +411,8 @@ def evaluate_checkpoint(
         mesh = parallel.make_mesh(parallel.DEFAULT_MESH)
         print(f"evaluating on mesh {dict(mesh.shape)}: the run's does not fit here ({e})")
     with jax.set_mesh(mesh):
-        method = methods.get(config.method).make(config)
-        sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)
-        init_key = jax.random.split(jax.random.key(config.seed))[0]
-        shardings = parallel.state_shardings(jax.eval_shape(method.init, init_key, sample), mesh)
-        target = jax.jit(method.init, out_shardings=shardings)(init_key, sample)
+        program = train.build_program(config, mesh)
+        target = program.init(jax.random.key(config.seed))  # a restore target: shapes matter
         store = checkpointing.Checkpoints(checkpoint_dir)
         try:
             restored = store.restore_newest(target, config_dict, read_only=True)
@@ -358,7 +428,9 @@ def evaluate_checkpoint(
         for split, source in sources.items():
             images[split], labels[split] = pipeline.split_arrays(source, max_examples=limits[split])
         largest = max(len(x) for x in images.values())
-        features_of = feature_extractor(method.encode, shardings, mesh, largest=largest)
+        features_of = feature_extractor(
+            program.method.encode, program.state_shardings, mesh, largest=largest
+        )
         features = {}
         for split in images:
             h, z = features_of(state, images[split])

@@ -32,14 +32,39 @@ def scaled_learning_rate(base: float, *, batch_size: int, rule: str) -> float:
 
 
 def warmup_cosine(peak: float, *, warmup_steps: int, total_steps: int) -> optax.Schedule:
-    """Linear warm-up from 0 to ``peak``, then cosine decay to 0 at ``total_steps``."""
+    """Linear warm-up from 0 to ``peak``, then cosine decay to 0 at ``total_steps``.
+
+    A warm-up that does not fit the run is clipped to it (:func:`clipped_warmup`): with
+    ``warmup_steps >= total_steps`` the rate rises linearly over the whole run, reaching
+    ``peak * (T - 1) / T`` at its last step, and never decays. A one-step run (T = 1 with any
+    warm-up) therefore takes its step at rate 0.
+
+    >>> s = warmup_cosine(1.0, warmup_steps=25, total_steps=10)  # shorter than its warm-up
+    >>> [round(float(s(t)), 2) for t in (0, 5, 9)]
+    [0.0, 0.5, 0.9]
+    >>> s = warmup_cosine(1.0, warmup_steps=2, total_steps=10)
+    >>> [round(float(s(t)), 2) for t in (0, 1, 2, 6, 9)]
+    [0.0, 0.5, 1.0, 0.5, 0.04]
+    """
+    warmup = clipped_warmup(warmup_steps, total_steps)
+    if warmup == total_steps:  # optax's cosine refuses a decay of no steps
+        return optax.linear_schedule(0.0, peak, transition_steps=warmup)
     return optax.warmup_cosine_decay_schedule(
-        0.0,
-        peak,
-        warmup_steps=min(warmup_steps, total_steps),
-        decay_steps=max(total_steps, 1),
-        end_value=0.0,
+        0.0, peak, warmup_steps=warmup, decay_steps=total_steps, end_value=0.0
     )
+
+
+def clipped_warmup(warmup_steps: int, total_steps: int) -> int:
+    """The warm-up a run of ``total_steps`` gets: ``warmup_steps``, clipped to the run.
+
+    sslax's one rule for every warm-up (learning rate, DINO's teacher temperature, SimSiam's
+    fixed predictor rate): one longer than the run ends with the run instead of failing.
+    """
+    if total_steps < 1 or warmup_steps < 0:
+        raise ValueError(
+            f"need total_steps >= 1 and warmup_steps >= 0, got {total_steps} and {warmup_steps}"
+        )
+    return min(warmup_steps, total_steps)
 
 
 def decay_mask(params):

@@ -5,127 +5,136 @@
 
 With no flags it pretrains SimCLR on the built-in shapes dataset, then evaluates with kNN. The
 workdir (default: a new folder under ./runs/) receives orbax checkpoints, metrics.jsonl,
-TensorBoard events, curves.png and results.json. A bad flag or config value ends the program
-with a one-line error and exit code 2, before anything is compiled or written.
+TensorBoard events, curves.png, results.json and, with ``profile_steps``, a profiler trace. A
+bad flag or config value (:func:`sslax.configs.validate_config`) ends the program with a
+one-line error and exit code 2, before anything is compiled or written.
+
+A run, :func:`train_and_evaluate`, in the order it happens: the :class:`Program` of the config
+(the method and its jitted step over the mesh), the data, the restore of the newest checkpoint,
+the baselines (kNN on raw pixels and on the random network, :class:`sslax.eval.
+TrainingEvaluator`), the compile, then the loop, :func:`_train`: a step, then logging
+(:class:`_Logger`, :class:`_StepMetrics`), saving (:class:`_Saver`), a stop on preemption
+(:class:`_PreemptionWatch`) and evaluation, each when it is due; :class:`_Profiler` traces the
+steps asked for. Last, :func:`_results` writes results.json.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import functools
 import hashlib
+import itertools
 import json
+import math
 import pathlib
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# The check of a config lives with the config builders; the entry point re-exports it.
+from sslax.configs import ConfigError, validate_config
+
+__all__ = [
+    "ConfigError",
+    "DivergenceError",
+    "Program",
+    "build_program",
+    "params_checksum",
+    "train_and_evaluate",
+    "validate_config",
+]
+
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "experiments/configs/simclr.py"
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; reported as one line with exit code 2."""
+# --------------------------------------------------------------------------------------------
+# The program a config runs
 
 
-def validate_config(config, *, num_devices: int) -> None:
-    """Raises ConfigError on the first config value that cannot work. Compiles nothing."""
-    from sslax import methods, models, optim
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What a config runs on a mesh: its method, the state's layout, the jitted functions.
+
+    ``init(key)`` makes the initial state, laid out over the mesh; ``step(state, batch, key)``
+    is the method's train step, jitted with the state donated and sharded as ``state_shardings``,
+    the batch split over the mesh's batch axes and the metrics replicated.
+    """
+
+    config: Any
+    method: Any
+    state_shapes: Any
+    state_shardings: Any
+    batch_sharding: Any
+    init: Callable
+    step: Callable
+
+    def batch_shapes(self) -> dict:
+        """The global batch as ``jax.ShapeDtypeStruct``s: for ``jax.eval_shape`` and lowering."""
+        import jax
+        import jax.numpy as jnp
+
+        size, side = self.config.batch_size, self.config.image_size
+        return {
+            "image": jax.ShapeDtypeStruct(
+                (size, side, side, 3), jnp.uint8, sharding=self.batch_sharding
+            ),
+            "index": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=self.batch_sharding),
+        }
+
+
+def build_program(config, mesh) -> Program:
+    """The :class:`Program` of ``config`` on ``mesh``. Traces ``init`` once; compiles nothing."""
+    import jax
+    import numpy as np
+
+    from sslax import methods, parallel
+
+    method = methods.get(config.method).make(config)
+    sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)
+    state_shapes = jax.eval_shape(method.init, jax.random.key(0), sample)
+    state_shardings = parallel.state_shardings(state_shapes, mesh)
+    batch_sharding = parallel.batch_sharding(mesh)
+    replicated = parallel.replicated(mesh)
+    init = jax.jit(method.init, out_shardings=state_shardings)
+    return Program(
+        config=config,
+        method=method,
+        state_shapes=state_shapes,
+        state_shardings=state_shardings,
+        batch_sharding=batch_sharding,
+        init=lambda key: init(key, sample),
+        step=jax.jit(
+            method.train_step,
+            donate_argnums=0,
+            in_shardings=(state_shardings, batch_sharding, replicated),
+            out_shardings=(state_shardings, replicated),
+        ),
+    )
+
+
+def _train_batches(config, source, sharding, first_step: int) -> Iterator:
+    """The global batches of steps ``first_step..total_steps-1``, from this process's rows."""
+    from sslax import parallel
     from sslax.data import pipeline
 
-    def need(ok: bool, message: str):
-        if not ok:
-            raise ConfigError(message)
-
-    need(
-        config.method in methods.METHODS,
-        f"unknown method {config.method!r}; choose one of {', '.join(methods.METHODS)}",
+    rows = parallel.local_batch_rows(sharding, config.batch_size)
+    local_batches = pipeline.train_batches(
+        source,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        start_step=first_step,
+        end_step=config.total_steps,
+        rows=rows,
     )
-    need(
-        config.model in models.MODELS,
-        f"unknown model {config.model!r}; choose one of {', '.join(models.MODELS)}",
-    )
-    try:
-        pipeline.check_dataset_name(config.dataset)
-    except pipeline.DatasetError as e:
-        raise ConfigError(str(e)) from None
-    need(config.batch_size > 0, f"batch_size must be positive, got {config.batch_size}")
-    from sslax import parallel
-
-    try:
-        mesh_shape = dict(parallel.parse_mesh_spec(config.mesh, num_devices))
-    except parallel.MeshError as e:
-        raise ConfigError(str(e)) from None
-    batch_shards = mesh_shape.get("data", 1) * mesh_shape.get("fsdp", 1)
-    need(
-        config.batch_size % batch_shards == 0,
-        f"batch_size {config.batch_size} does not divide by the {batch_shards} devices of the "
-        f"mesh's batch axes {mesh_shape}",
-    )
-    need(config.total_steps > 0, f"total_steps must be positive, got {config.total_steps}")
-    need(config.learning_rate > 0, f"learning_rate must be positive, got {config.learning_rate}")
-    need(config.temperature > 0, f"temperature must be positive, got {config.temperature}")
-    need(
-        config.optimizer in optim.OPTIMIZERS,
-        f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(optim.OPTIMIZERS)}",
-    )
-    need(
-        config.lr_scaling in optim.LR_RULES,
-        f"unknown lr_scaling {config.lr_scaling!r}; choose one of {', '.join(optim.LR_RULES)}",
-    )
-    need(config.warmup_steps >= 0, f"warmup_steps must be >= 0, got {config.warmup_steps}")
-    need(config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}")
-    need(0 <= config.momentum <= 1, f"momentum must be in [0, 1], got {config.momentum}")
-    need(config.image_size >= 8, f"image_size must be at least 8, got {config.image_size}")
-    need(config.width > 0, f"width must be positive, got {config.width}")
-    from sslax.methods import common
-
-    need(
-        config.recipe in common.RECIPES,
-        f"unknown recipe {config.recipe!r}; choose one of {', '.join(common.RECIPES)}",
-    )
-    need(
-        config.compute_dtype in common.COMPUTE_DTYPES,
-        f"compute_dtype must be one of {', '.join(common.COMPUTE_DTYPES)}, "
-        f"got {config.compute_dtype!r}",
-    )
-    need(
-        0 < config.crop_min_scale <= 1,
-        f"crop_min_scale must be in (0, 1], got {config.crop_min_scale}",
-    )
-    need(
-        config.augment_strength >= 0,
-        f"augment_strength must be >= 0, got {config.augment_strength}",
-    )
-    if config.model.startswith("vit"):
-        need(
-            config.patch_size > 0 and config.image_size % config.patch_size == 0,
-            f"image_size {config.image_size} does not divide by patch_size {config.patch_size}",
-        )
-    for name in (
-        "log_every",
-        "checkpoint_every",
-        "knn_k",
-        "proj_dim",
-        "proj_hidden_dim",
-        "collapse_patience",
-        "diagnostics_examples",
-    ):
-        need(config[name] > 0, f"{name} must be positive, got {config[name]}")
-    need(
-        config.eval_every >= 0, f"eval_every must be >= 0 (0: at the end), got {config.eval_every}"
-    )
-    # A method may check its own section (e.g. MoCo's queue size against the batch); local
-    # crops asked of a method other than DINO would be silently ignored.
-    method_check = getattr(methods.get(config.method), "check_config", None)
-    for check in (method_check, methods.get("dino").check_unused_local_crops):
-        try:
-            if check is not None:
-                check(config)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    for local in local_batches:
+        fields = {k: local[k] for k in ("image", "index")}
+        yield parallel.global_batch(fields, rows, sharding, config.batch_size)
 
 
 def params_checksum(params) -> str:
@@ -148,20 +157,30 @@ def params_checksum(params) -> str:
     return digest.hexdigest()
 
 
+# --------------------------------------------------------------------------------------------
+# What the loop reports: logs, step metrics, collapse
+
+
 def _fmt_duration(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(max(seconds, 0))))
+
+
+def _due(step: int, every: int, total_steps: int) -> bool:
+    """Whether a ``*_every`` action runs after ``step``: every N steps and at the last step."""
+    return step == total_steps or (every > 0 and step % every == 0)
 
 
 class _Logger:
     """metrics.jsonl, TensorBoard and stdout; silent on every process but 0."""
 
-    def __init__(self, workdir: pathlib.Path, active: bool):
+    def __init__(self, workdir: pathlib.Path, active: bool, total_steps: int):
         self.active = active
+        self.total_steps = total_steps
         self.history: list[dict] = []
         if active:
             from tensorboardX import SummaryWriter
 
-            self._jsonl = open(workdir / "metrics.jsonl", "a")
+            self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - kept for the run
             self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]):
@@ -175,6 +194,24 @@ class _Logger:
             self._tb.add_scalar(name, value, step)
         self._tb.flush()
 
+    def train(self, step: int, record: dict[str, float], eta_s: float):
+        self.write(step, record)
+        self.print(
+            f"step {step:>{len(str(self.total_steps))}}/{self.total_steps} | "
+            f"loss {record['loss']:.4f} | emb std {record['embedding_std']:.4f} | "
+            f"{record['images_per_s']:,.0f} img/s | ETA {_fmt_duration(eta_s)}"
+        )
+
+    def evaluation(self, step: int, results: dict[str, float]):
+        self.write(step, results)
+        linear = results.get("linear_top1")
+        self.print(
+            f"step {step}: kNN top-1 {results['knn_top1']:.4f}"
+            + (f", linear top-1 {linear:.4f}" if linear is not None else "")
+            + f" | alignment {results['alignment']:.3f}, uniformity "
+            f"{results['uniformity']:.3f}, effective rank {results['effective_rank']:.1f}"
+        )
+
     def print(self, *args):
         if self.active:
             print(*args, flush=True)
@@ -185,64 +222,99 @@ class _Logger:
             self._tb.close()
 
 
-def _plot(history: list[dict], path: pathlib.Path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [
-        n
-        for n in (
-            "loss",
-            "embedding_std",
-            "knn_top1",
-            "linear_top1",
-            "alignment",
-            "uniformity",
-            "effective_rank",
-            "learning_rate",
-        )
-        if any(n in r for r in history)
-    ]
-    cols = min(4, len(names))
-    rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
-    for ax in axes.flat[len(names) :]:
-        ax.set_visible(False)
-    for ax, name in zip(axes.flat, names):
-        points = [(r["step"], r[name]) for r in history if name in r]
-        ax.plot(*zip(*points), marker="o" if len(points) < 10 else None)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 class DivergenceError(FloatingPointError):
     """A non-finite loss or gradient norm: the run stops, the last good checkpoint is kept."""
 
 
-def _kept(last_saved: int | None, workdir: pathlib.Path) -> str:
-    if last_saved is None:
-        return "no checkpoint had been saved yet"
-    return f"the last good checkpoint, step {last_saved}, is kept in {workdir}"
+class _StepMetrics:
+    """Step metrics on their way to the host, and the training throughput.
+
+    A step's metrics stay on the device until a log or save step fetches them all at once; each
+    fetched step's loss and gradient norm must be finite. Throughput is per log interval, with
+    evaluation time left out.
+    """
+
+    def __init__(self, first_step: int, batch_size: int):
+        self._pending: list = []  # (step, metrics), fetched or not
+        self._batch_size = batch_size
+        self._first_step = first_step
+        self._start = self._interval_start = time.time()
+        self._interval_first = first_step
+        self.throughput: list[float] = []
+
+    def add(self, step: int, metrics) -> None:
+        self._pending.append((step, metrics))
+
+    def fetch(self, kept: Callable[[], str]) -> None:
+        """Brings pending metrics to the host; raises DivergenceError naming ``kept()``."""
+        import jax
+
+        self._pending = [(s, jax.device_get(m)) for s, m in self._pending]
+        for step, metrics in self._pending:
+            for name in ("loss", "grad_norm"):
+                value = float(metrics[name])
+                if not math.isfinite(value):
+                    raise DivergenceError(
+                        f"training diverged: non-finite {name} ({value}) at step {step}; "
+                        f"nothing non-finite was saved and {kept()}. Lower the learning rate "
+                        "or add warm-up"
+                    )
+
+    def record(self, step: int) -> dict[str, float]:
+        """The mean of every fetched step's metrics, with images_per_s; starts a new interval."""
+        import numpy as np
+
+        fetched = [m for _, m in self._pending]
+        self._pending = []
+        now = time.time()
+        images_per_s = (
+            (step - self._interval_first) * self._batch_size / (now - self._interval_start)
+        )
+        self.throughput.append(images_per_s)
+        record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        record["images_per_s"] = images_per_s
+        self._interval_start, self._interval_first = now, step
+        return record
+
+    def eta_s(self, step: int, total_steps: int) -> float:
+        return (total_steps - step) * (time.time() - self._start) / (step - self._first_step)
+
+    def pause_ends(self) -> None:
+        """Time since the last call to this or :meth:`record` is not training throughput."""
+        self._interval_start = time.time()
 
 
-def _check_finite(pending: list, last_saved: int | None, workdir: pathlib.Path) -> None:
-    import math
+class _CollapseWatch:
+    """Warns once when embedding_std x sqrt(D) stays below the threshold for a while.
 
-    for step, metrics in pending:
-        for name in ("loss", "grad_norm"):
-            value = float(metrics[name])
-            if not math.isfinite(value):
-                raise DivergenceError(
-                    f"training diverged: non-finite {name} ({value}) at step {step}; nothing "
-                    f"non-finite was saved and {_kept(last_saved, workdir)}. Lower the "
-                    "learning rate or add warm-up"
-                )
+    1 is an even spread over the sphere, 0 every image on one point (representation collapse).
+    """
+
+    def __init__(self, config, log: _Logger):
+        from sslax import methods
+
+        self._scale = math.sqrt(methods.embedding_dim(config))
+        self._threshold = config.collapse_threshold
+        self._patience = config.collapse_patience
+        self._log = log
+        self._below = 0
+        self.warned_at = None
+
+    def update(self, step: int, embedding_std: float) -> None:
+        spread = embedding_std * self._scale
+        self._below = self._below + 1 if spread < self._threshold else 0
+        if self._below >= self._patience and self.warned_at is None:
+            self.warned_at = step
+            message = (
+                f"warning: representation collapse: embedding std x sqrt(D) = {spread:.4f} has "
+                f"stayed below collapse_threshold {self._threshold} for {self._below} log "
+                f"intervals (step {step}); the embeddings of different images are nearly equal"
+            )
+            self._log.print(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Saving, preemption, profiling
 
 
 def _all_finite(state):
@@ -256,6 +328,48 @@ def _all_finite(state):
         if jnp.issubdtype(leaf.dtype, jnp.inexact)
     ]
     return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
+
+
+class _Saver:
+    """Checkpoints with the meta a resume needs; never a state that holds a non-finite value."""
+
+    def __init__(self, checkpoints, config, state_shapes, workdir: pathlib.Path, last_saved):
+        import jax
+
+        from sslax import checkpointing
+
+        self._checkpoints = checkpoints
+        self._config = config
+        self._config_dict = json.loads(config.to_json())
+        self._signature = checkpointing.state_signature(state_shapes)
+        self._workdir = workdir
+        self._all_finite = jax.jit(_all_finite)
+        self.last_saved = last_saved
+
+    def kept(self) -> str:
+        if self.last_saved is None:
+            return "no checkpoint had been saved yet"
+        return f"the last good checkpoint, step {self.last_saved}, is kept in {self._workdir}"
+
+    def save(self, step: int, state) -> None:
+        if not bool(self._all_finite(state)):
+            raise DivergenceError(
+                f"training diverged: non-finite parameters or optimizer state after step {step}; "
+                f"nothing non-finite was saved and {self.kept()}"
+            )
+        # The data position is the step: batches are a pure function of (seed, step).
+        meta = {
+            "step": step,
+            "seed": self._config.seed,
+            "data": {"next_step": step, "global_batch_size": self._config.batch_size},
+            "config": self._config_dict,
+            "signature": self._signature,
+        }
+        self._checkpoints.save(step, state, meta)
+        self.last_saved = step
+
+    def wait(self) -> None:
+        self._checkpoints.wait_until_finished()
 
 
 class _PreemptionWatch:
@@ -301,35 +415,60 @@ class _PreemptionWatch:
             self._previous = None
 
 
-class _CollapseWatch:
-    """Warns once when embedding_std x sqrt(D) stays below the threshold for a while.
+class _Profiler:
+    """A ``jax.profiler`` trace of the steps of ``config.profile_steps``, on process 0.
 
-    1 is an even spread over the sphere, 0 every image on one point (representation collapse).
+    ``(start, stop)`` traces the steps that take the state from step ``start`` to step ``stop``
+    (of them, those a resumed run still takes) into ``WORKDIR/profile``: an ``.xplane.pb`` for
+    TensorBoard's profile plugin and a ``.trace.json.gz`` for Perfetto. Each step is annotated
+    with its number. The trace ends once the last traced step has finished on the device.
     """
 
-    def __init__(self, config, log: "_Logger"):
-        import math
-
-        from sslax import methods
-
-        self._scale = math.sqrt(methods.embedding_dim(config))
-        self._threshold = config.collapse_threshold
-        self._patience = config.collapse_patience
+    def __init__(self, profile_steps, first_step: int, workdir: pathlib.Path, log: _Logger):
+        start, stop = profile_steps or (0, 0)
+        self._start, self._stop = max(start, first_step), stop
+        self._enabled = log.active and self._start < self._stop
+        self._dir = workdir / "profile"
         self._log = log
-        self._below = 0
-        self.warned_at = None
+        self._tracing = False
 
-    def update(self, step: int, embedding_std: float) -> None:
-        spread = embedding_std * self._scale
-        self._below = self._below + 1 if spread < self._threshold else 0
-        if self._below >= self._patience and self.warned_at is None:
-            self.warned_at = step
-            message = (
-                f"warning: representation collapse: embedding std x sqrt(D) = {spread:.4f} has "
-                f"stayed below collapse_threshold {self._threshold} for {self._below} log "
-                f"intervals (step {step}); the embeddings of different images are nearly equal"
+    @contextlib.contextmanager
+    def step(self, step: int):
+        """Around the call of train step ``step`` (the state's step before it)."""
+        import jax
+
+        if not self._enabled or not self._start <= step < self._stop:
+            yield
+            return
+        if step == self._start:
+            jax.profiler.start_trace(str(self._dir), create_perfetto_trace=True)
+            self._tracing = True
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            yield
+
+    def after(self, step: int, outputs) -> None:
+        """After ``step`` steps: ends the trace once the last traced step's outputs are ready."""
+        if self._tracing and step == self._stop:
+            import jax
+
+            jax.block_until_ready(outputs)
+            self.close()
+            self._log.print(
+                f"profiled steps {self._start}..{self._stop} into {self._dir}: `tensorboard "
+                f"--logdir {self._dir}` (Profile tab), or its perfetto_trace.json.gz in "
+                "ui.perfetto.dev"
             )
-            self._log.print(message)
+
+    def close(self) -> None:
+        if self._tracing:
+            import jax
+
+            jax.profiler.stop_trace()
+            self._tracing = False
+
+
+# --------------------------------------------------------------------------------------------
+# A run
 
 
 def train_and_evaluate(
@@ -345,161 +484,62 @@ def train_and_evaluate(
     every log step on the state after that step (before it is donated to the next one) and
     returns extra host-side metrics for that step's record in ``metrics.jsonl``; experiments use
     it to measure what a method does not log, such as the drift of MoCo's key encoder.
+
+    Raises ConfigError (before anything is compiled or written) for a config that cannot run,
+    DivergenceError when training diverges.
     """
     import jax
 
     from sslax import parallel
 
+    validate_config(config, num_devices=jax.device_count())
     mesh = parallel.make_mesh(config.mesh)
     # The mesh in context lets a method's shard_map (SimCLR's chunked loss) find its axes.
     with jax.set_mesh(mesh):
-        return _train_and_evaluate(config, pathlib.Path(workdir), mesh, log_hook)
+        return _train_and_evaluate(config, pathlib.Path(workdir).resolve(), mesh, log_hook)
 
 
 def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
+    """Set-up, baselines, training and results; each a named piece below."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    from sslax import augment, checkpointing, diagnostics, eval as sslax_eval, methods, parallel
-    from sslax.methods import common
-    from sslax.data import pipeline
+    from sslax import checkpointing
+    from sslax import eval as sslax_eval
 
     start_time = time.time()
-    workdir = pathlib.Path(workdir).resolve()
-    is_chief = jax.process_index() == 0
-    replicated = parallel.replicated(mesh)
-    data_sharding = parallel.batch_sharding(mesh)
-
-    method = methods.get(config.method).make(config)
-    data_dir = config.data_dir or None
-    train_source = pipeline.get_source(
-        config.dataset, config.train_split, image_size=config.image_size, data_dir=data_dir
-    )
-    test_source = pipeline.get_source(
-        config.dataset, config.eval_split, image_size=config.image_size, data_dir=data_dir
-    )
-
-    rng = jax.random.key(config.seed)
-    init_key, step_key = jax.random.split(rng)
-    sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)
-    state_shapes = jax.eval_shape(method.init, init_key, sample)
-    state_shardings = parallel.state_shardings(state_shapes, mesh)
-    init_state = jax.jit(method.init, out_shardings=state_shardings)(init_key, sample)
+    program = build_program(config, mesh)
+    init_key, step_key = jax.random.split(jax.random.key(config.seed))
+    train_source, test_source = _sources(config)
+    init_state = program.init(init_key)
 
     # Restore before writing anything: a workdir of another run is refused untouched.
-    config_dict = json.loads(config.to_json())
     checkpoints = checkpointing.Checkpoints(workdir / "checkpoints", max_to_keep=3)
-    state = init_state
-    restored = checkpoints.restore_newest(init_state, config_dict)
-    if restored is not None:
-        state = restored[0]
+    restored = checkpoints.restore_newest(init_state, json.loads(config.to_json()))
+    state = init_state if restored is None else restored[0]
     first_step = int(state.step)
-
     workdir.mkdir(parents=True, exist_ok=True)
+    is_chief = jax.process_index() == 0
     if is_chief:
         (workdir / "config.json").write_text(config.to_json(indent=2))
-    log = _Logger(workdir, is_chief)
+    log = _Logger(workdir, is_chief, config.total_steps)
     if restored is not None:
         log.print(f"resuming from the checkpoint at step {first_step} in {workdir}")
-    signature = checkpointing.state_signature(state_shapes)
+    _note_clipped_warmups(config, log)
 
-    def checkpoint_meta(step: int) -> dict:
-        # The data position is the step: batches are a pure function of (seed, step).
-        return {
-            "step": step,
-            "seed": config.seed,
-            "data": {"next_step": step, "global_batch_size": config.batch_size},
-            "config": config_dict,
-            "signature": signature,
-        }
-
-    knn_train = pipeline.split_arrays(train_source, max_examples=config.knn_train_examples)
-    knn_test = pipeline.split_arrays(test_source, max_examples=config.knn_test_examples)
-    # Two augmented views of a fixed held-out subset, made once, for the geometry diagnostics.
-    subset = knn_test[0][: config.diagnostics_examples]
-    features_of = sslax_eval.feature_extractor(
-        method.encode,
-        state_shardings,
-        mesh,
-        largest=max(len(knn_train[0]), len(knn_test[0]), 2 * len(subset)),
-    )
-    recipe = common.view_recipe(config)
-    views = jax.jit(
-        lambda key, images: augment.two_views(
-            key, images, recipe, indices=jnp.arange(len(subset), dtype=jnp.int32)
-        )
-    )(jax.random.key(config.seed + 1), subset)
-    diagnostic_views = np.asarray(np.round(np.asarray(views) * 255.0), np.uint8)
-
-    def evaluate(state, *, linear: bool) -> dict[str, float]:
-        h_train, _ = features_of(state, knn_train[0])
-        h_test, z_test = features_of(state, knn_test[0])
-        _, z_views = features_of(state, diagnostic_views)
-        z1, z2 = np.split(z_views, 2)
-        out = {
-            "knn_top1": sslax_eval.knn_top1(
-                h_train,
-                knn_train[1],
-                h_test,
-                knn_test[1],
-                k=config.knn_k,
-                temperature=config.knn_temperature,
-            ),
-            "eval_embedding_std": float(diagnostics.embedding_std(z_test)),
-            "alignment": float(diagnostics.alignment(z1, z2)),
-            "uniformity": float(diagnostics.uniformity(z1)),
-            "effective_rank": float(diagnostics.effective_rank(z1)),
-        }
-        if linear:
-            probe = sslax_eval.linear_probe(h_train, knn_train[1], h_test, knn_test[1])
-            out["linear_top1"] = probe["top1"]
-        return out
-
-    def flat_pixels(images):
-        x = images.reshape(len(images), -1).astype(np.float32)
-        return x - x.mean(axis=1, keepdims=True)
-
-    raw_pixels_top1 = sslax_eval.knn_top1(
-        flat_pixels(knn_train[0]),
-        knn_train[1],
-        flat_pixels(knn_test[0]),
-        knn_test[1],
-        k=config.knn_k,
-        temperature=config.knn_temperature,
+    evaluator = sslax_eval.TrainingEvaluator(
+        config, program.method.encode, program.state_shardings, mesh, train_source, test_source
     )
     t = time.time()
-    random_init = evaluate(init_state, linear=False)
+    baselines = {"raw_pixels_top1": evaluator.raw_pixels_top1(), **evaluator(init_state)}
     log.print(
-        f"random-init network: kNN top-1 {random_init['knn_top1']:.4f} ({time.time() - t:.0f}s)"
+        f"random-init network: kNN top-1 {baselines['knn_top1']:.4f} ({time.time() - t:.0f}s)"
     )
 
-    local_rows = parallel.local_batch_rows(data_sharding, config.batch_size)
-    batches = pipeline.train_batches(
-        train_source,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        start_step=first_step,
-        end_step=config.total_steps,
-        rows=local_rows,
-    )
-
-    def to_global(local_batch):
-        fields = {k: local_batch[k] for k in ("image", "index")}
-        return parallel.global_batch(fields, local_rows, data_sharding, config.batch_size)
-
-    train_step = jax.jit(
-        method.train_step,
-        donate_argnums=0,
-        in_shardings=(state_shardings, data_sharding, replicated),
-        out_shardings=(state_shardings, replicated),
-    )
-    compile_s = 0.0
-    eval_results = {}
     if first_step < config.total_steps:
-        first_batch = to_global(next(batches))
+        batches = _train_batches(config, train_source, program.batch_sharding, first_step)
+        first_batch = next(batches)
         t = time.time()
-        train_step = train_step.lower(state, first_batch, step_key).compile()
+        compiled = program.step.lower(state, first_batch, step_key).compile()
         compile_s = time.time() - t
         log.print(
             f"compiled the train step in {compile_s:.1f}s; training steps "
@@ -507,132 +547,204 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
             f"{jax.device_count()} device(s) of {jax.process_count()} process(es), mesh "
             f"{dict(mesh.shape)}"
         )
-
-        pending, throughput = [], []  # pending: (step, metrics) not yet fetched to the host
-        interval_start, interval_first = time.time(), first_step
-        train_start = time.time()
-        step = first_step
-        global_batch = first_batch
-        preemption = _PreemptionWatch()
-        all_finite = jax.jit(_all_finite)
-        collapse = _CollapseWatch(config, log)
         last_saved = first_step if restored is not None else None
-        try:
-            while True:
-                state, metrics = train_step(state, global_batch, step_key)
-                step += 1
-                pending.append((step, metrics))
-                preempted = preemption.reached(step)
-                log_now = step % config.log_every == 0 or step == config.total_steps
-                save_now = (
-                    step % config.checkpoint_every == 0 or step == config.total_steps or preempted
-                )
-                if log_now or save_now:
-                    # Host fetches happen only here; every step's loss and gradient norm are
-                    # checked before anything is saved, so no checkpoint holds a diverged state.
-                    pending = [(s, jax.device_get(m)) for s, m in pending]
-                    _check_finite(pending, last_saved, workdir)
-                if log_now:
-                    fetched = [m for _, m in pending]
-                    pending = []
-                    now = time.time()
-                    images_per_s = (
-                        (step - interval_first) * config.batch_size / (now - interval_start)
-                    )
-                    throughput.append(images_per_s)
-                    record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-                    record["images_per_s"] = images_per_s
-                    if log_hook is not None:
-                        record.update(log_hook(step, state))
-                    log.write(step, record)
-                    eta = (config.total_steps - step) * (now - train_start) / (step - first_step)
-                    log.print(
-                        f"step {step:>{len(str(config.total_steps))}}/{config.total_steps} | "
-                        f"loss {record['loss']:.4f} | emb std {record['embedding_std']:.4f} | "
-                        f"{images_per_s:,.0f} img/s | ETA {_fmt_duration(eta)}"
-                    )
-                    collapse.update(step, record["embedding_std"])
-                    interval_start, interval_first = time.time(), step
-                if save_now:
-                    if not bool(all_finite(state)):
-                        raise DivergenceError(
-                            f"training diverged: non-finite parameters or optimizer state "
-                            f"after step {step}; nothing non-finite was saved and "
-                            + _kept(last_saved, workdir)
-                        )
-                    checkpoints.save(step, state, checkpoint_meta(step))
-                    last_saved = step
-                if preempted:
-                    checkpoints.wait_until_finished()
-                    log.print(
-                        f"preempted: saved the checkpoint at step {step} in {workdir}; "
-                        "run the same command again to resume"
-                    )
-                    break
-                if (config.eval_every and step % config.eval_every == 0) or (
-                    step == config.total_steps
-                ):
-                    eval_results = evaluate(
-                        state, linear=config.eval_linear_probe or step == config.total_steps
-                    )
-                    log.write(step, eval_results)
-                    log.print(
-                        f"step {step}: kNN top-1 {eval_results['knn_top1']:.4f}"
-                        + (
-                            f", linear top-1 {eval_results['linear_top1']:.4f}"
-                            if "linear_top1" in eval_results
-                            else ""
-                        )
-                        + f" | alignment {eval_results['alignment']:.3f}, uniformity "
-                        f"{eval_results['uniformity']:.3f}, effective rank "
-                        f"{eval_results['effective_rank']:.1f}"
-                    )
-                    interval_start = time.time()  # evaluation time is not training throughput
-                if step >= config.total_steps:
-                    break
-                global_batch = to_global(next(batches))
-        finally:
-            preemption.close()
-            checkpoints.wait_until_finished()
-        if preemption.requested:
+        saver = _Saver(checkpoints, config, program.state_shapes, workdir, last_saved)
+        outcome = _train(
+            config,
+            state,
+            first_step,
+            itertools.chain([first_batch], batches),
+            lambda state, batch: compiled(state, batch, step_key),
+            _Hooks(log=log, saver=saver, evaluator=evaluator, log_hook=log_hook),
+            workdir,
+        )
+        outcome.compile_s = compile_s
+        if outcome.preempted:
             checkpoints.close()
             log.close()
-            return {"preempted_at_step": step, "workdir": str(workdir)}
+            return {"preempted_at_step": outcome.step, "workdir": str(workdir)}
     else:
         log.print(f"the checkpoint is already at step {first_step} >= total_steps; evaluating it")
-        throughput = []
-        collapse = None
-        eval_results = evaluate(state, linear=True)
+        outcome = _Outcome(state=state, step=first_step, evaluation=evaluator(state, linear=True))
     checkpoints.wait_until_finished()
     checkpoints.close()
-
-    losses_logged = [r["loss"] for r in log.history if "loss" in r]
-    results = {
-        "method": config.method,
-        "dataset": config.dataset,
-        "model": config.model,
-        "steps": int(state.step),
-        "batch_size": config.batch_size,
-        "final_loss": losses_logged[-1] if losses_logged else None,
-        "knn_top1": eval_results["knn_top1"],
-        "linear_top1": eval_results.get("linear_top1"),
-        "knn_top1_random_init": random_init["knn_top1"],
-        "knn_top1_raw_pixels": raw_pixels_top1,
-        "embedding_std": eval_results["eval_embedding_std"],
-        "embedding_std_random_init": random_init["eval_embedding_std"],
-        "images_per_s": float(np.median(throughput)) if throughput else None,
-        "compile_s": compile_s,
-        "params_checksum": params_checksum(state.params),
-        "collapse_warning_step": collapse.warned_at if collapse else None,
-        "wall_time_s": time.time() - start_time,
-        "workdir": str(workdir),
-    }
+    results = _results(config, outcome, baselines, log.history, start_time, workdir)
     if is_chief:
         _plot(log.history, workdir / "curves.png")
         (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log.close()
     _print_summary(results, log)
     return results
+
+
+def _sources(config):
+    """The train and held-out splits; a TFDS dataset's sizes are checked against the config."""
+    from sslax import configs
+    from sslax.data import pipeline
+
+    data_dir = config.data_dir or None
+    train, test = (
+        pipeline.get_source(config.dataset, split, image_size=config.image_size, data_dir=data_dir)
+        for split in (config.train_split, config.eval_split)
+    )
+    configs.check_split_sizes(config, len(train), len(test))
+    return train, test
+
+
+def _note_clipped_warmups(config, log: _Logger) -> None:
+    """Says when a warm-up is longer than the run (it is clipped: see sslax.optim)."""
+    warmups = {"warmup_steps": config.warmup_steps}
+    if config.method == "dino" and config.dino.sharpening:
+        warmups["dino.warmup_teacher_temp_steps"] = config.dino.warmup_teacher_temp_steps
+    for field, steps in warmups.items():
+        if steps > config.total_steps:
+            log.print(
+                f"note: {field} {steps} is longer than the run ({config.total_steps} steps): "
+                "the warm-up is clipped to the run and never completes"
+            )
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """Where training ended and what it measured."""
+
+    state: Any
+    step: int
+    preempted: bool = False
+    evaluation: dict = dataclasses.field(default_factory=dict)
+    throughput: list = dataclasses.field(default_factory=list)
+    collapse_warning_step: int | None = None
+    compile_s: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hooks:
+    """What the loop hands its results to: logs, checkpoints, evaluation, an experiment's hook."""
+
+    log: _Logger
+    saver: _Saver
+    evaluator: Any
+    log_hook: Callable | None
+
+
+def _train(config, state, step, batches, train_step, hooks: _Hooks, workdir) -> _Outcome:
+    """The loop: a step, then logging, saving, a preemption stop and evaluation, when due."""
+    log, saver, total = hooks.log, hooks.saver, config.total_steps
+    step_metrics = _StepMetrics(step, config.batch_size)
+    collapse = _CollapseWatch(config, log)
+    preemption = _PreemptionWatch()
+    profiler = _Profiler(config.profile_steps, step, workdir, log)
+    evaluation = {}
+    try:
+        for batch in batches:
+            with profiler.step(step):
+                state, metrics = train_step(state, batch)
+            step += 1
+            profiler.after(step, (state, metrics))
+            step_metrics.add(step, metrics)
+            preempted = preemption.reached(step)
+            log_now = _due(step, config.log_every, total)
+            save_now = _due(step, config.checkpoint_every, total) or preempted
+            if log_now or save_now:
+                # Every step's loss and gradient norm are checked before anything is saved, so
+                # no checkpoint holds a diverged state.
+                step_metrics.fetch(saver.kept)
+            if log_now:
+                record = step_metrics.record(step)
+                if hooks.log_hook is not None:
+                    record.update(hooks.log_hook(step, state))
+                log.train(step, record, step_metrics.eta_s(step, total))
+                collapse.update(step, record["embedding_std"])
+            if save_now:
+                saver.save(step, state)
+            if preempted:
+                saver.wait()
+                log.print(
+                    f"preempted: saved the checkpoint at step {step} in {workdir}; "
+                    "run the same command again to resume"
+                )
+                break
+            if _due(step, config.eval_every, total):
+                linear = config.eval_linear_probe or step == total
+                evaluation = hooks.evaluator(state, linear=linear)
+                log.evaluation(step, evaluation)
+                step_metrics.pause_ends()
+    finally:
+        profiler.close()
+        preemption.close()
+        saver.wait()
+    return _Outcome(
+        state=state,
+        step=step,
+        preempted=preemption.requested,
+        evaluation=evaluation,
+        throughput=step_metrics.throughput,
+        collapse_warning_step=collapse.warned_at,
+    )
+
+
+def _results(config, outcome: _Outcome, baselines, history, start_time, workdir) -> dict:
+    """results.json: what ran, what it measured against its baselines, and what it cost."""
+    import numpy as np
+
+    losses_logged = [r["loss"] for r in history if "loss" in r]
+    evaluation = outcome.evaluation
+    return {
+        "method": config.method,
+        "dataset": config.dataset,
+        "model": config.model,
+        "steps": int(outcome.state.step),
+        "batch_size": config.batch_size,
+        "final_loss": losses_logged[-1] if losses_logged else None,
+        "knn_top1": evaluation["knn_top1"],
+        "linear_top1": evaluation.get("linear_top1"),
+        "knn_top1_random_init": baselines["knn_top1"],
+        "knn_top1_raw_pixels": baselines["raw_pixels_top1"],
+        "embedding_std": evaluation["eval_embedding_std"],
+        "embedding_std_random_init": baselines["eval_embedding_std"],
+        "images_per_s": float(np.median(outcome.throughput)) if outcome.throughput else None,
+        "compile_s": outcome.compile_s,
+        "params_checksum": params_checksum(outcome.state.params),
+        "collapse_warning_step": outcome.collapse_warning_step,
+        "wall_time_s": time.time() - start_time,
+        "workdir": str(workdir),
+    }
+
+
+def _plot(history: list[dict], path: pathlib.Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [
+        n
+        for n in (
+            "loss",
+            "embedding_std",
+            "knn_top1",
+            "linear_top1",
+            "alignment",
+            "uniformity",
+            "effective_rank",
+            "learning_rate",
+        )
+        if any(n in r for r in history)
+    ]
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        points = [(r["step"], r[name]) for r in history if name in r]
+        ax.plot(*zip(*points), marker="o" if len(points) < 10 else None)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _print_summary(results: dict, log: _Logger):
@@ -655,6 +767,10 @@ def _print_summary(results: dict, log: _Logger):
     ]
     width = max(len(k) for k, _ in rows)
     log.print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -733,14 +849,15 @@ def main(argv: list[str], config_flag, workdir_flag) -> None:
         f"{config.method}-{config.dataset.replace(':', '_')}-"
         f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    from sslax.data import pipeline
-
     from sslax import checkpointing
+    from sslax.data import pipeline
 
     try:
         train_and_evaluate(config, workdir)
-    except (pipeline.DatasetError, checkpointing.IncompatibleCheckpoint) as e:
-        _fail(e)  # a TFDS dataset not prepared yet; a workdir of another run
+    except (ConfigError, pipeline.DatasetError, checkpointing.IncompatibleCheckpoint) as e:
+        # A TFDS split too small for the evaluation; a TFDS dataset not prepared yet; a workdir
+        # of another run.
+        _fail(e)
     except DivergenceError as e:
         _fail(e, code=1)
 

@@ -39,8 +39,8 @@ COMMON = dict(
 )
 
 
-def config_of(name: str):
-    overrides = {**COMMON, **RUNS[name]}
+def config_of(name: str, **extra):
+    overrides = {**COMMON, **RUNS[name], **extra}
     config = configs.shapes_config(overrides.pop("method"))
     for field, value in overrides.items():
         section, _, key = field.rpartition(".")
@@ -48,11 +48,12 @@ def config_of(name: str):
     return config
 
 
-def short_run(name: str, workdir: pathlib.Path) -> dict:
-    """Runs ``RUNS[name]`` in ``workdir``; returns its results and metric records, minus clocks."""
+def short_run(name: str, workdir: pathlib.Path, **extra) -> dict:
+    """Runs ``RUNS[name]`` (with ``extra`` fields) in ``workdir``; returns its results and
+    metric records, minus clocks."""
     from sslax import train
 
-    results = train.train_and_evaluate(config_of(name), workdir)
+    results = train.train_and_evaluate(config_of(name, **extra), workdir)
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     strip = lambda d: {k: v for k, v in d.items() if k not in TIMING}  # noqa: E731
     return {"results": strip(results), "metrics": [strip(r) for r in records]}

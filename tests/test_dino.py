@@ -192,10 +192,10 @@ def test_teacher_temperature_warms_up_linearly_then_stays():
     measured = [h["teacher_temp"] for h in history[:20]]
     expected = [0.02 + 0.02 * min(k / 10, 1.0) for k in range(20)]
     np.testing.assert_allclose(measured, expected, rtol=1e-6)
-    cfg = dino.defaults()
-    assert float(dino.teacher_temperature(jnp.int32(7), cfg)) == pytest.approx(0.04)
-    cfg.sharpening = False
-    assert float(dino.teacher_temperature(jnp.int32(7), cfg)) == pytest.approx(0.1)
+    config = configs.shapes_config("dino")
+    assert float(dino.teacher_temperature(jnp.int32(7), config)) == pytest.approx(0.04)
+    config.dino.sharpening = False
+    assert float(dino.teacher_temperature(jnp.int32(7), config)) == pytest.approx(0.1)
 
 
 def test_weight_decay_schedule_and_the_optimiser_that_applies_it():

@@ -87,11 +87,11 @@ def test_rerun_in_the_same_workdir_resumes(tmp_path, data_dir, monkeypatch):
     "flag, message",
     [
         ("--config.no_such_field=1", "no_such_field"),
-        ("--config.batch_size=-4", "batch_size must be positive"),
+        ("--config.batch_size=-4", "batch_size must be >= 1, got -4"),
         ("--config.dataset=no_such_data", "unknown dataset 'no_such_data'"),
         ("--config.dataset=tfds:no_such_data", "unknown TFDS dataset"),
         ("--config.method=simclr2", "unknown method 'simclr2'"),
-        ("--config.temperature=0", "temperature must be positive"),
+        ("--config.temperature=0", "temperature must be > 0, got 0"),
         ("--config.batch_size=lots", "batch_size"),
         ("--no_such_flag=3", "no_such_flag"),
         ("--config=/no/such/config.py", "cannot load --config"),

@@ -2,9 +2,10 @@
 
 A method module exposes ``defaults()`` (its own hyperparameters, which become the config section
 named after it) and ``make(config) -> Method``: pure functions to initialise a state pytree, to
-take one training step, and to encode images for evaluation. It may also expose
-``check_config(config)``, raising ValueError for values it cannot run with; the main command
-calls it before compiling anything. The training loop (:mod:`sslax.train`) knows nothing else
+take one training step, and to encode images for evaluation. It also exposes
+``check_config(config, *, num_batch_shards=1)``, raising ValueError for values it cannot run
+with on a batch split over ``num_batch_shards`` devices; :func:`sslax.configs.validate_config`
+calls it before anything is compiled. The training loop (:mod:`sslax.train`) knows nothing else
 about a method.
 """
 

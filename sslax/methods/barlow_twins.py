@@ -44,7 +44,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1) -> None:
     """Raises ValueError for ``config.barlow_twins`` values Barlow Twins cannot run with."""
     common.check_section(
         config,
@@ -54,6 +54,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "lambd": common.NON_NEGATIVE,
             "bias_lr_ratio": common.NON_NEGATIVE,
         },
+    )
+    common.check_batch_size(
+        config, "barlow_twins", 2, "its loss standardises each feature over the batch"
     )
 
 

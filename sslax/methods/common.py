@@ -132,6 +132,12 @@ def check_section(config: ml_collections.ConfigDict, method: str, rules: dict) -
             raise ValueError(f"{method}.{name} must be {allowed}, got {section[name]}")
 
 
+def check_batch_size(config: ml_collections.ConfigDict, method: str, minimum: int, why: str):
+    """Raises ValueError when the global batch is smaller than ``method`` can work with."""
+    if config.batch_size < minimum:
+        raise ValueError(f"{method} needs batch_size >= {minimum} ({why}), got {config.batch_size}")
+
+
 RECIPES = ("simclr", "moco_v2", "byol")
 
 

@@ -74,7 +74,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.student_temp = 0.1
     c.teacher_temp = 0.04
     c.warmup_teacher_temp = 0.04
-    c.warmup_teacher_temp_steps = 0
+    c.warmup_teacher_temp_steps = 0  # longer than the run: clipped to it, like every warm-up
     c.center_momentum = 0.9
     # Anti-collapse switches. sharpening=False sets the teacher temperature to the student's,
     # so the targets are no sharper than the predictions.
@@ -83,7 +83,7 @@ def defaults() -> ml_collections.ConfigDict:
     # Optimisation: weight decay from config.weight_decay at step 0 to this at the end.
     c.weight_decay_end = 0.4
     c.clip_grad = 3.0  # per-tensor gradient norm; 0 disables
-    c.freeze_last_layer_steps = 25
+    c.freeze_last_layer_steps = 25  # longer than the run: frozen throughout
     c.drop_path_rate = 0.1  # student ViTs only
     return c
 
@@ -117,16 +117,20 @@ class MultiCropEncoder(nn.Module):
         return h, self.head(h, train=train)
 
 
-def teacher_temperature(step, cfg: ml_collections.ConfigDict):
+def teacher_temperature(step, config: ml_collections.ConfigDict):
     """Linear from ``warmup_teacher_temp`` at step 0 to ``teacher_temp`` at the end of warm-up.
 
-    Without sharpening the teacher uses the student's temperature throughout.
+    The warm-up of ``dino.warmup_teacher_temp_steps`` is clipped to the run like every
+    warm-up (:func:`sslax.optim.clipped_warmup`). Without sharpening the teacher uses the
+    student's temperature throughout.
     """
+    cfg = config.dino
     if not cfg.sharpening:
         return jnp.full(jnp.shape(step), cfg.student_temp, jnp.float32)
-    if cfg.warmup_teacher_temp_steps == 0:
+    warmup = optim.clipped_warmup(cfg.warmup_teacher_temp_steps, config.total_steps)
+    if warmup == 0:
         return jnp.full(jnp.shape(step), cfg.teacher_temp, jnp.float32)
-    progress = jnp.minimum(step / cfg.warmup_teacher_temp_steps, 1.0)
+    progress = jnp.minimum(step / warmup, 1.0)
     return cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * progress
 
 
@@ -213,7 +217,7 @@ def _entropy(probs):
     return -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1) -> None:
     """Raises ValueError for ``config.dino`` values DINO cannot run with."""
     cfg = config.dino
     common.check_section(
@@ -322,7 +326,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         view_key, drop_key = jax.random.split(step_key)
         crops = augment.multi_crop(view_key, batch["image"], recipe, indices=batch["index"])
         n = batch["image"].shape[0]
-        teacher_temp = teacher_temperature(state.step, cfg)
+        teacher_temp = teacher_temperature(state.step, config)
 
         (_, t), teacher_updates = teacher.apply(
             {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats},

@@ -68,7 +68,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1) -> None:
     """Raises ValueError when ``config.moco_v2`` cannot work with the global batch size."""
     section, batch = config.moco_v2, config.batch_size
     if section.queue_size <= 0 or section.queue_size % batch:

@@ -52,7 +52,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1) -> None:
     """Raises ValueError for ``config.moco_v3`` values MoCo v3 cannot run with."""
     common.check_section(
         config,

@@ -38,7 +38,7 @@ def defaults() -> ml_collections.ConfigDict:
 PROJECTION_HEADS = ("mlp", "linear", "none")
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1) -> None:
     if config.simclr.projection_head not in PROJECTION_HEADS:
         raise ValueError(
             f"simclr.projection_head must be one of {', '.join(PROJECTION_HEADS)}, got "
@@ -49,6 +49,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"simclr.loss_chunk_size must be 0 (dense) or divide the 2 x batch_size = "
             f"{2 * config.batch_size} views, got {chunk}"
+        )
+    local_views = 2 * config.batch_size // num_batch_shards
+    if chunk and local_views % chunk:
+        raise ValueError(
+            f"simclr.loss_chunk_size {chunk} must divide the {local_views} views per device "
+            f"(2 x batch_size {config.batch_size} over {num_batch_shards} devices)"
         )
 
 

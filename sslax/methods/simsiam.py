@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax import augment, losses
+from sslax import augment, losses, optim
 from sslax.methods import common
 from sslax.models import MLPHead
 
@@ -45,7 +45,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1) -> None:
     """Raises ValueError for ``config.simsiam`` values SimSiam cannot run with."""
     common.check_section(
         config,
@@ -65,7 +65,7 @@ def optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation
     schedule = common.learning_rate_schedule(config)
     if not config.simsiam.fixed_predictor_lr:
         return common.optimizer(config, schedule)
-    warmup_steps = min(config.warmup_steps, config.total_steps)
+    warmup_steps = optim.clipped_warmup(config.warmup_steps, config.total_steps)
 
     def predictor_schedule(count):
         return schedule(jnp.minimum(count, warmup_steps))

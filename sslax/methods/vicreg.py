@@ -38,7 +38,7 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-def check_config(config: ml_collections.ConfigDict) -> None:
+def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1) -> None:
     """Raises ValueError for ``config.vicreg`` values VICReg cannot run with."""
     common.check_section(
         config,
@@ -49,6 +49,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             "std_coeff": common.NON_NEGATIVE,
             "cov_coeff": common.NON_NEGATIVE,
         },
+    )
+    common.check_batch_size(
+        config, "vicreg", 2, "its variance and covariance terms are taken over the batch"
     )
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from sslax.models.dino_head import DINOHead, last_layer_mask
 from sslax.models.heads import MLPHead
-from sslax.models.resnet import STAGES, ResNet
+from sslax.models.resnet import STAGES, STEMS as RESNET_STEMS, ResNet
 from sslax.models.vit import VIT_PRESETS, ViT, vit_from_name
 
 __all__ = [
@@ -17,7 +17,9 @@ __all__ = [
     "Encoder",
     "MLPHead",
     "MODELS",
+    "RESNET_STEMS",
     "ResNet",
+    "VIT_PRESETS",
     "ViT",
     "backbone_from_config",
     "last_layer_mask",

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+# "imagenet": 7x7 stride-2 convolution and max-pool; "cifar": 3x3 stride 1, no pool.
+STEMS = ("imagenet", "cifar")
 STAGES = {
     "resnet18": ((2, 2, 2, 2), "basic"),
     "resnet34": ((3, 4, 6, 3), "basic"),
@@ -74,8 +76,8 @@ class ResNet(nn.Module):
     def __call__(self, x, *, train: bool):
         if self.block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
-        if self.stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
