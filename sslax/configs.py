@@ -202,12 +202,12 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
 
     # The run, its schedule and its cadences.
     at_least("total_steps", 1)
-    at_least("warmup_steps", 0, " (longer than the run: clipped to it)")
+    at_least("warmup_steps", 0, " (one longer than the run is clipped to it)")
     # grain's shuffle takes no negative seed; JAX's keys (seed + 1 among them) are 64-bit.
     need(0 <= config.seed < 2**62, f"seed must be in [0, 2**62), got {config.seed}")
     for field in ("log_every", "checkpoint_every", "eval_every"):
         at_least(field, 0, " (0: at the last step only)")
-    _check_profile_steps(config.profile_steps, config.total_steps)
+    _check_profile_steps(config.get("profile_steps", ()), config.total_steps)
 
     # The batch over the mesh.
     at_least("batch_size", 1)

@@ -633,7 +633,7 @@ def _train(config, state, step, batches, train_step, hooks: _Hooks, workdir) -> 
     step_metrics = _StepMetrics(step, config.batch_size)
     collapse = _CollapseWatch(config, log)
     preemption = _PreemptionWatch()
-    profiler = _Profiler(config.profile_steps, step, workdir, log)
+    profiler = _Profiler(config.get("profile_steps", ()), step, workdir, log)
     evaluation = {}
     try:
         for batch in batches:

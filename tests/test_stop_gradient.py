@@ -14,6 +14,10 @@ stop_gradient = load("stop_gradient")
 sweep = load("sweep")
 
 
+# Slow since issue 16 (CI's time budget). In the default suite tests/test_byol_simsiam.py trains
+# BYOL and SimSiam, the property test (tests/test_config_fuzz.py) traces them without
+# stop-gradient, and the other experiments' smoke tests run the script path they share.
+@pytest.mark.slow
 def test_smoke_writes_json_and_png(tmp_path):
     # One run (each costs a compile and an evaluation); the slow test trains all four.
     report = stop_gradient.run(

@@ -28,9 +28,18 @@ def _tiny_config(**overrides):
 
 def test_main_command_writes_every_output_and_summary(tmp_path, data_dir):
     workdir = tmp_path / "run"
-    result = run_cli([f"--workdir={workdir}", *TINY], data_dir)
+    # With the config's own warm-up (25 steps), longer than this 4-step run: it is clipped.
+    flags = [f for f in TINY if not f.startswith("--config.warmup_steps")]
+    result = run_cli([f"--workdir={workdir}", *flags], data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    for line in ("step 2/4", "step 4/4", "kNN top-1 (held-out)", "img/s", "ETA"):
+    for line in (
+        "note: warmup_steps 25 is longer than the run (4 steps)",
+        "step 2/4",
+        "step 4/4",
+        "kNN top-1 (held-out)",
+        "img/s",
+        "ETA",
+    ):
         assert line in result.stdout, result.stdout
     results = json.loads((workdir / "results.json").read_text())
     for key in (
@@ -47,6 +56,8 @@ def test_main_command_writes_every_output_and_summary(tmp_path, data_dir):
     assert 0.0 <= results["knn_top1"] <= 1.0 and results["embedding_std"] > 0.01
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    # The warm-up over the 4 steps from 0 to the peak 1.0 x 16/256: steps 0, 1 average 1/8 of it.
+    assert records[0]["learning_rate"] == pytest.approx(0.0625 / 8)
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]

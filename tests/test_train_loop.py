@@ -56,6 +56,9 @@ def test_cadences_run_every_n_steps_and_at_the_last(every, due_after):
     assert [s for s in range(1, 8) if train._due(s, every, 7)] == due_after
 
 
+# Slow (CI's time budget): test_train.py's main-command test runs 4 steps with the config's
+# own warm-up, and the cadences are tested above.
+@pytest.mark.slow
 def test_a_one_step_run_with_the_configs_own_warm_up_finishes(tmp_path, data_dir):
     # The smoke test a new user types first; the laptop config warms up over 25 steps.
     workdir = tmp_path / "run"
