@@ -208,6 +208,8 @@ def linear_probe(
         raise ValueError("features and labels must have the same number of rows")
     if not 0 < holdout_fraction < 1 or not weight_decays:
         raise ValueError("holdout_fraction must be in (0, 1) and weight_decays non-empty")
+    if n < 2:
+        raise ValueError(f"the linear probe needs 2 training examples (1 held out), got {n}")
     if num_classes is None:
         num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     holdout = np.random.default_rng(seed).permutation(n)[: max(1, int(n * holdout_fraction))]
@@ -402,6 +404,13 @@ def evaluate_checkpoint(
         }
     except pipeline.DatasetError as e:
         raise EvalError(str(e)) from None
+    train_size = min(len(sources["train"]), max_train_examples or len(sources["train"]))
+    if train_size < max(config.knn_k, 2):
+        raise EvalError(
+            f"kNN needs the run's knn_k = {config.knn_k} training images and the linear probe 2, "
+            f"but {train_size} would be read (split {train_split!r} of "
+            f"{len(sources['train'])}, --max_train_examples {max_train_examples})"
+        )
 
     try:
         mesh = parallel.make_mesh(config.mesh)

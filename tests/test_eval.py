@@ -98,6 +98,12 @@ def test_probes_recover_a_planted_linear_structure_and_are_at_chance_on_noise():
     assert set(chance["holdout_top1"]) == set(sslax_eval.WEIGHT_DECAYS)
 
 
+def test_linear_probe_needs_two_training_examples():
+    x = np.eye(3, dtype=np.float32)
+    with pytest.raises(ValueError, match="needs 2 training examples"):
+        sslax_eval.linear_probe(x[:1], np.array([0]), x, np.array([0, 1, 2]))
+
+
 def test_linear_probe_refuses_mismatched_inputs():
     x, y = np.zeros((10, 3)), np.zeros(10, int)
     with pytest.raises(ValueError, match="same number of rows"):
@@ -138,6 +144,11 @@ def test_eval_command_on_a_short_run(tmp_path, data_dir):
         for probe in ("knn", "linear"):
             assert 0.0 <= results[f"{probe}_top1_{kind}"] <= 1.0
             assert f"{results[f'{probe}_top1_{kind}']:.4f}" in run.stdout
+    # Fewer training images than the run's kNN k: one line, before any feature is extracted.
+    run = _eval_cli([f"--workdir={workdir}", "--max_train_examples=5"], data_dir)
+    assert run.returncode == 2, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "kNN needs the run's knn_k = 20 training images" in lines[0], lines
 
 
 @pytest.mark.parametrize(
