@@ -48,11 +48,15 @@ def test_a_misspelt_override_is_refused():
 
 # Small enough for a test: tiny networks at batch 32, 100 steps of each method's recipe config,
 # at the recipe's base learning rate (not scaled down by 32/256: at 1/8 of it BYOL's spread
-# had only reached 0.09 by step 100, SimSiam's 0.44). Measured (seed 0), stop-gradient on / off:
-#   BYOL:    spread 0.682 / 0.014, uniformity -1.10 / -0.002, effective rank 5.7 / 1.2,
-#            loss 1.386 / 0.0007, collapse warning none / step 40;
-#   SimSiam: spread 0.974 / 0.328, uniformity -1.68 / -0.009, effective rank 4.6 / 1.4,
-#            loss -0.312 / -0.939, collapse warning none / none.
+# had only reached 0.09 by step 100, SimSiam's 0.44). Measured (seed 0), stop-gradient on / off,
+# under the tuned XLA:CPU flags of sslax.runtime, which the tests run with (2026-12-01; under
+# XLA's default flags, SSLAX_XLA_FLAGS=default, the same runs give BYOL's healthy one uniformity
+# -1.10 and rank 5.7: 100 steps amplify the flags' rounding differences):
+#   BYOL:    spread 0.634 / 0.012, uniformity -0.80 / -0.002, effective rank 4.7 / 1.2,
+#            loss 1.264 / 0.0005, collapse warning none / step 40;
+#   SimSiam: spread 0.950 / 0.429, uniformity -1.60 / -0.083, effective rank 6.1 / 1.6,
+#            loss -0.286 / -0.895, collapse warning none / none.
+# The thresholds sit between the two regimes with a margin on both sides.
 SLOW_SIZE = {**sweep.TINY, "batch_size": 32, "lr_scaling": "none"}
 SLOW_STEPS = 100
 
@@ -65,7 +69,7 @@ def test_without_stop_gradient_the_embedding_collapses(tmp_path):
         on = report["runs"][stop_gradient.run_name(method, True)]
         off = report["runs"][stop_gradient.run_name(method, False)]
         got = {k: (on[k], off[k]) for k in keys}
-        assert on["final_spread"] > 0.5 and on["uniformity"] < -0.8, (method, got)
+        assert on["final_spread"] > 0.5 and on["uniformity"] < -0.5, (method, got)
         assert on["effective_rank"] > 3 and on["collapse_warning_step"] is None, (method, got)
         # Without stop-gradient nearly all held-out images give one z, on about one direction.
         assert off["uniformity"] > -0.1 and off["effective_rank"] < 2, (method, got)
