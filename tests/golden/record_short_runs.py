@@ -15,8 +15,6 @@ import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT))  # this checkout's sslax
-sys.path.insert(0, str(HERE.parent))
 
 
 def _test_setting() -> None:
@@ -27,14 +25,13 @@ def _test_setting() -> None:
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 
 
-_test_setting()
-from short_runs import RUNS, short_run  # noqa: E402
-
-
 def main() -> None:
     import os
 
+    sys.path[:0] = [str(ROOT), str(HERE.parent)]  # this checkout's sslax; tests/short_runs.py
+    _test_setting()  # here, not at import: pytest's doctest collection imports this module
     import jax
+    from short_runs import RUNS, short_run
 
     assert jax.device_count() == 8, "not the test setting"
 
