@@ -36,8 +36,8 @@ def warmup_cosine(peak: float, *, warmup_steps: int, total_steps: int) -> optax.
 
     A warm-up that does not fit the run is clipped to it (:func:`clipped_warmup`): with
     ``warmup_steps >= total_steps`` the rate rises linearly over the whole run, reaching
-    ``peak * (T - 1) / T`` at its last step, and never decays. A one-step run (T = 1 with any
-    warm-up) therefore takes its step at rate 0.
+    ``peak * (T - 1) / T`` at its last step, and never decays. A one-step run (T = 1) with a
+    warm-up of any length therefore takes its step at rate 0; without warm-up, at ``peak``.
 
     >>> s = warmup_cosine(1.0, warmup_steps=25, total_steps=10)  # shorter than its warm-up
     >>> [round(float(s(t)), 2) for t in (0, 5, 9)]
