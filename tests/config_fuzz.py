@@ -212,7 +212,7 @@ def draw(
         value, bad = rng.choice(wanted or pool)
         value = _resolve(value, max(config.total_steps, 1), max(config.batch_size, 1))
         field = f"{section}.{name}" if section else name
-        (config[section] if section else config)[name] = value
+        config.update_from_flattened_dict({field: value})
         changes[field] = value
         if bad:
             bad_fields.append(field)

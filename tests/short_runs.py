@@ -42,9 +42,7 @@ COMMON = dict(
 def config_of(name: str, **extra):
     overrides = {**COMMON, **RUNS[name], **extra}
     config = configs.shapes_config(overrides.pop("method"))
-    for field, value in overrides.items():
-        section, _, key = field.rpartition(".")
-        (config[section] if section else config)[key] = value
+    config.update_from_flattened_dict(overrides)  # dotted keys reach method sections
     return config
 
 

@@ -100,9 +100,7 @@ def test_random_short_runs_on_the_command_line_finish_or_are_refused_in_one_line
 
 def _tiny(method="simclr", **overrides):
     config = config_fuzz.tiny_base(method)
-    for field, value in overrides.items():
-        section, _, name = field.rpartition(".")
-        (config[section] if section else config)[name] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 
