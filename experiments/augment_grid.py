@@ -76,10 +76,10 @@ def draw(path: pathlib.Path, title: str, images: np.ndarray, recipe: augment.Rec
     groups = augment.multi_crop(jax.random.key(0), images, recipe)
     n = len(images)
     columns = [("original", images)]
-    for size, group in zip(recipe.sizes, groups):
-        for k in range(len(group) // n):
+    for size, group in zip(recipe.sizes, groups):  # group: (N, k, size, size, 3)
+        for k in range(group.shape[1]):
             label = f"view {len(columns)} ({size}px)"
-            columns.append((label, np.asarray(group[k * n : (k + 1) * n])))
+            columns.append((label, np.asarray(group[:, k])))
     fig, axes = plt.subplots(
         n, len(columns), figsize=(1.3 * len(columns), 1.3 * n + 0.5), squeeze=False
     )

@@ -129,7 +129,7 @@ def probe_views(config, count: int) -> np.ndarray:
     views = jax.jit(
         lambda key, x: augment.two_views(key, x, recipe, indices=jnp.arange(count, dtype=jnp.int32))
     )(jax.random.key(config.seed + 2), images)
-    return np.asarray(views[count:])  # view 2: the view the key encoder sees in training
+    return np.asarray(views[:, 1])  # view 2: the view the key encoder sees in training
 
 
 def consistency_hook(config, probe: np.ndarray) -> Callable[[int, Any], dict[str, float]]:

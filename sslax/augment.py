@@ -23,15 +23,18 @@ Three layers:
   batch is split over devices or hosts.
 
 Everything is per example, so under ``jit`` with the image batch sharded over a mesh
-axis each device augments its own examples; no ``shard_map`` is needed, and the images
-are never gathered. Only the view-major output order (view 1 of every example, then
-view 2) moves data: XLA lays it out with one all-to-all of the finished float views.
+axis each device augments its own examples; no ``shard_map`` is needed, and nothing moves
+between devices. The views of a batch are laid out image-major, ``(N, k, size, size, 3)``:
+axis 0 is the image axis the batch is sharded on, so an image's views stay on the device
+that holds the image, and so do they once flattened to the ``(N k, ...)`` batch a network
+sees (row ``i k + v`` is view ``v`` of image ``i``). A view-major layout (view 1 of every
+image, then view 2) would instead send most finished float views to another device.
 
 >>> import jax, jax.numpy as jnp
 >>> images = jnp.zeros((4, 24, 24, 3), jnp.uint8)
 >>> views = two_views(jax.random.key(0), images, simclr_recipe(16))
 >>> views.shape, views.dtype
-((8, 16, 16, 3), dtype('float32'))
+((4, 2, 16, 16, 3), dtype('float32'))
 """
 
 from __future__ import annotations
@@ -778,11 +781,21 @@ def _shared_graph_key(view: ViewRecipe) -> tuple:
 
 
 def _views_by_size(
-    key: jax.Array, images: jax.Array, recipe: Recipe, indices: jax.Array | None
+    key: jax.Array,
+    images: jax.Array,
+    recipe: Recipe,
+    indices: jax.Array | None,
+    made: Sequence[int] | None = None,
 ) -> tuple[jax.Array, ...]:
-    """multi_crop's output: per size, the (k N, size, size, 3) views in view-major order."""
+    """multi_crop's output: per size, the (N, k, size, size, 3) views, image-major."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be (N, H, W, 3), got {images.shape}")
+    made = tuple(range(len(recipe.views))) if made is None else tuple(made)
+    if not made or len(set(made)) != len(made) or not set(made) <= set(range(len(recipe.views))):
+        raise ValueError(
+            f"views must be distinct positions in recipe {recipe.name!r}'s "
+            f"{len(recipe.views)} views, got {made}"
+        )
     if indices is None:
         indices = jnp.arange(images.shape[0], dtype=jnp.int32)
     view_ids = jnp.arange(len(recipe.views))
@@ -795,8 +808,8 @@ def _views_by_size(
     uniforms = jax.vmap(draws)(example_keys)  # (N, views, _VIEW_UNIFORMS)
 
     groups: dict[tuple, list[int]] = {}
-    for v, view in enumerate(recipe.views):
-        groups.setdefault(_shared_graph_key(view), []).append(v)
+    for v in made:
+        groups.setdefault(_shared_graph_key(recipe.views[v]), []).append(v)
     outputs = {}
     for members in groups.values():
         params = [
@@ -811,9 +824,11 @@ def _views_by_size(
         stacked = apply(images, params, _merge([recipe.views[v] for v in members]))
         outputs.update({v: stacked[i] for i, v in enumerate(members)})
 
+    # Stacked on a new axis after the image axis: no row of any device changes device.
+    sizes = dict.fromkeys(recipe.views[v].size for v in made)
     return tuple(
-        jnp.concatenate([outputs[v] for v, view in enumerate(recipe.views) if view.size == size])
-        for size in recipe.sizes
+        jnp.stack([outputs[v] for v in made if recipe.views[v].size == size], axis=1)
+        for size in sizes
     )
 
 
@@ -837,8 +852,8 @@ def two_views(
       indices: (N,) int32 global example indices; default ``arange(N)``. Example ``i``
         uses ``fold_in(key, indices[i])``.
     Returns:
-      (2N, size, size, 3) float32 in [0, 1]; rows ``i`` and ``i + N`` are views 1 and 2
-      of image ``i``.
+      (N, 2, size, size, 3) float32 in [0, 1]; ``[i, v]`` is view ``v`` of image ``i``.
+      Sharded like ``images`` on axis 0 (module docstring: the layout moves nothing).
     """
     if len(recipe.views) != 2 or len(recipe.sizes) != 1:
         raise ValueError(
@@ -849,27 +864,31 @@ def two_views(
     return views
 
 
-@functools.partial(jax.jit, static_argnames="recipe")
+@functools.partial(jax.jit, static_argnames=("recipe", "views"))
 def multi_crop(
     key: jax.Array,
     images: jax.Array,
     recipe: Recipe,
     *,
     indices: jax.Array | None = None,
+    views: tuple[int, ...] | None = None,
 ) -> tuple[jax.Array, ...]:
     """Every view of every image, grouped by size (e.g. DINO's globals and locals).
 
     Args:
       key, images, indices: as in :func:`two_views`.
       recipe: any recipe.
+      views: positions in ``recipe.views`` to make, in this order (default: all). A view
+        depends only on its position, so ``views=(1,)`` is the second view of the full call,
+        made alone (MoCo v2 makes its key views where the key encoder runs).
     Returns:
-      one (k N, size, size, 3) float32 array per size in ``recipe.sizes``, where k is the
-      number of views of that size, in view-major order: every image's first view of
-      that size, then every image's second, and so on.
+      one (N, k, size, size, 3) float32 array per size (in order of first appearance among
+      the views made), where k is the number of views of that size: ``[i, j]`` is image
+      ``i``'s ``j``-th view of that size.
 
     >>> images = jnp.zeros((4, 24, 24, 3), jnp.uint8)
     >>> recipe = dino_multicrop_recipe(16, 8, num_local=3)
     >>> [c.shape for c in multi_crop(jax.random.key(0), images, recipe)]
-    [(8, 16, 16, 3), (12, 8, 8, 3)]
+    [(4, 2, 16, 16, 3), (4, 3, 8, 8, 3)]
     """
-    return _views_by_size(key, images, recipe, indices)
+    return _views_by_size(key, images, recipe, indices, views)

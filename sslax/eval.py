@@ -303,7 +303,9 @@ class TrainingEvaluator:
         views = jax.jit(lambda key, x: augment.two_views(key, x, recipe, indices=indices))(
             jax.random.key(config.seed + 1), subset
         )
-        self._views = np.asarray(np.round(np.asarray(views) * 255.0), np.uint8)
+        # Image-major (N, 2, ...) flattened: rows 2i and 2i + 1 are image i's views.
+        flat = np.asarray(views).reshape(-1, *views.shape[2:])
+        self._views = np.asarray(np.round(flat * 255.0), np.uint8)
 
     def __call__(self, state, *, linear: bool = False) -> dict[str, float]:
         from sslax import diagnostics
@@ -312,7 +314,7 @@ class TrainingEvaluator:
         h_train, _ = self._features(state, train_images)
         h_test, z_test = self._features(state, test_images)
         _, z_views = self._features(state, self._views)
-        z1, z2 = np.split(z_views, 2)
+        z1, z2 = z_views[0::2], z_views[1::2]
         out = {
             "knn_top1": knn_top1(
                 h_train, train_labels, h_test, test_labels, k=self._k, temperature=self._temperature

@@ -283,7 +283,12 @@ def info_nce(
                 f"2 * z1.shape[0] = {local_views} (z1 shape {z1.shape}), got {chunk_size!r}"
             )
 
-    views = jnp.concatenate([_l2_normalize(z1), _l2_normalize(z2)])
+    n1, n2 = _l2_normalize(z1), _l2_normalize(z2)
+    # Rows 2i and 2i + 1 are the views of image i. Interleaved rather than stacked one half
+    # after the other, the rows of z1 and z2 that a device holds stay on that device when
+    # they are global arrays sharded over the batch (under jit), as they do here under
+    # shard_map.
+    views = jnp.stack([n1, n2], axis=1).reshape(local_views, -1)
     if axis_name is None:
         keys, first_col = views, 0
     else:
@@ -298,10 +303,8 @@ def info_nce(
         lse = _masked_logsumexp_dense(queries, keys, self_cols)
     else:
         lse = _masked_logsumexp_chunked(chunk_size, queries, keys, self_cols)
-    half = local_views // 2
-    # The partner of view i is local too (same row of the other half), and both anchors of a
-    # pair share one positive logit.
-    positive_logits = jnp.sum(queries[:half] * views[half:], axis=-1)
+    # Both anchors of a pair share one positive logit.
+    positive_logits = jnp.sum((n1 / temperature) * n2, axis=-1)
     local_sum = jnp.sum(lse) - 2.0 * jnp.sum(positive_logits)
     return _psum_if(local_sum, axis_name) / keys.shape[0]
 

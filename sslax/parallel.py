@@ -112,6 +112,48 @@ def num_batch_shards(mesh: Mesh) -> int:
     return math.prod(mesh.shape[name] for name in batch_axes(mesh))
 
 
+def batch_shards_in_context() -> tuple[tuple[str, ...], int]:
+    """The batch axes of the mesh set with :func:`jax.set_mesh` and their total size.
+
+    ``((), 1)`` with no mesh in context: the code being traced runs on one device.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return (), 1
+    axes = tuple(name for name in mesh.axis_names if name in AXES)
+    return axes, math.prod(mesh.shape[name] for name in axes)
+
+
+def keep_batch_sharded(tree: Any) -> Any:
+    """Each array of ``tree`` constrained to be split over the batch axes on its first axis.
+
+    Identity with no mesh in context, and for scalars and arrays whose first axis does not
+    divide over the batch shards (they are not batches).
+    """
+    axes, shards = batch_shards_in_context()
+    if not axes:
+        return tree
+
+    def constrain(x):
+        if not isinstance(x, jax.Array) or x.ndim == 0 or x.shape[0] % shards:
+            return x
+        return jax.lax.with_sharding_constraint(x, P(axes))
+
+    return jax.tree.map(constrain, tree)
+
+
+def batch_sharded_activations(next_fun, args, kwargs, context):
+    """A :func:`flax.linen.intercept_methods` interceptor: every module's output stays split
+    over the batch, as data parallelism wants.
+
+    Without it the partitioner may, where a weight is split over ``fsdp``, split an activation
+    over its features instead of gathering the weight, and move the activation with an
+    all-to-all.
+    """
+    outputs = next_fun(*args, **kwargs)
+    return keep_batch_sharded(outputs) if context.method_name == "__call__" else outputs
+
+
 def _leaf_spec(shape: tuple[int, ...], fsdp: int) -> P:
     if fsdp <= 1 or math.prod(shape) < FSDP_MIN_SIZE:
         return P()

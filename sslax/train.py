@@ -90,6 +90,7 @@ class Program:
 
 def build_program(config, mesh) -> Program:
     """The :class:`Program` of ``config`` on ``mesh``. Traces ``init`` once; compiles nothing."""
+    import flax.linen as nn
     import jax
     import numpy as np
 
@@ -102,6 +103,11 @@ def build_program(config, mesh) -> Program:
     batch_sharding = parallel.batch_sharding(mesh)
     replicated = parallel.replicated(mesh)
     init = jax.jit(method.init, out_shardings=state_shardings)
+
+    def train_step(state, batch, rng):
+        with nn.intercept_methods(parallel.batch_sharded_activations):
+            return method.train_step(state, batch, rng)
+
     return Program(
         config=config,
         method=method,
@@ -110,7 +116,7 @@ def build_program(config, mesh) -> Program:
         batch_sharding=batch_sharding,
         init=lambda key: init(key, sample),
         step=jax.jit(
-            method.train_step,
+            train_step,
             donate_argnums=0,
             in_shardings=(state_shardings, batch_sharding, replicated),
             out_shardings=(state_shardings, replicated),

@@ -405,7 +405,7 @@ def test_strength_zero_is_resized_original():
     recipe = aug.with_strength(aug.byol_recipe(16), 0.0)
     views = np.asarray(aug.two_views(jax.random.key(3), images, recipe))
     resized = [pil_resized_crop(im / 255.0, 0, 0, 20, 20, 16) for im in images]
-    np.testing.assert_allclose(views, np.concatenate([resized, resized]), atol=2e-6)
+    np.testing.assert_allclose(views, np.stack([resized, resized], axis=1), atol=2e-6)
 
 
 def test_strength_scales_crop_and_colour():
@@ -440,15 +440,15 @@ def batch(seed):
 def test_two_views_shape_range_and_determinism():
     images = batch(10)
     views = np.asarray(aug.two_views(jax.random.key(0), images, SMALL))
-    assert views.shape == (2 * N, 16, 16, 3) and views.dtype == np.float32
+    assert views.shape == (N, 2, 16, 16, 3) and views.dtype == np.float32
     assert views.min() >= 0 and views.max() <= 1
     np.testing.assert_array_equal(views, aug.two_views(jax.random.key(0), images, SMALL))
     other = np.asarray(aug.two_views(jax.random.key(1), images, SMALL))
     assert np.abs(views - other).reshape(2 * N, -1).max(axis=1).min() > 0.01
-    assert len({v.round(3).tobytes() for v in views}) == 2 * N
+    assert len({v.round(3).tobytes() for v in views.reshape(2 * N, -1)}) == 2 * N
 
 
-def test_view_i_and_i_plus_n_come_from_image_i():
+def test_views_of_row_i_come_from_image_i():
     # Flat colours survive crop and flip, so without colour ops a view shows its image's
     # colour.
     colours = np.random.default_rng(11).integers(0, 256, (N, 3), dtype=np.uint8)
@@ -456,7 +456,8 @@ def test_view_i_and_i_plus_n_come_from_image_i():
     no_colour = dataclasses.replace(SMALL.views[0], jitter_prob=0, grayscale_prob=0)
     recipe = aug.Recipe("crop", (no_colour, no_colour))
     views = np.asarray(aug.two_views(jax.random.key(0), images, recipe))
-    np.testing.assert_allclose(views.mean(axis=(1, 2)), np.tile(colours / 255, (2, 1)), atol=1e-5)
+    expected = np.broadcast_to(colours[:, None] / 255, (N, 2, 3))
+    np.testing.assert_allclose(views.mean(axis=(2, 3)), expected, atol=1e-5)
 
 
 def test_views_depend_on_index_not_batch_position():
@@ -466,21 +467,26 @@ def test_views_depend_on_index_not_batch_position():
     # Example 12 at another position, next to other images and indices.
     mixed = np.stack([images[3], images[0], images[0], images[2]])
     got = np.asarray(aug.two_views(key, mixed, SMALL, indices=jnp.array([13, 99, 98, 12])))
-    np.testing.assert_allclose(got[[3, 7, 0, 4]], views[[2, 6, 3, 7]], atol=1e-6)
+    np.testing.assert_allclose(got[[3, 0]], views[[2, 3]], atol=1e-6)
     # The same image twice with different indices gets different views.
     assert np.abs(got[1] - got[2]).max() > 0.01
 
 
-def test_multi_crop_groups_by_size_in_view_major_order():
+def test_multi_crop_groups_by_size_image_major():
     images, key = batch(13), jax.random.key(0)
     globals_, locals_ = aug.multi_crop(key, images, DINO)
-    assert globals_.shape == (2 * N, 16, 16, 3) and locals_.shape == (3 * N, 8, 8, 3)
+    assert globals_.shape == (N, 2, 16, 16, 3) and locals_.shape == (N, 3, 8, 8, 3)
     # Views 2 and 4 share a recipe, so this compiles augment_view twice, not three times.
     for v, i in [(1, 2), (2, 0), (4, 3)]:
         view_key = jax.random.fold_in(jax.random.fold_in(key, i), v)
         expected = aug.augment_view(view_key, images[i], DINO.views[v])
-        got = globals_[v * N + i] if v < 2 else locals_[(v - 2) * N + i]
+        got = globals_[i, v] if v < 2 else locals_[i, v - 2]
         np.testing.assert_allclose(got, expected, atol=1e-6, err_msg=f"view {v} of image {i}")
+    # A subset of the views is those views of the full call, at their positions' keys.
+    (only_second_local,) = aug.multi_crop(key, images, DINO, views=(3,))
+    np.testing.assert_allclose(only_second_local[:, 0], locals_[:, 1], atol=1e-6)
+    with pytest.raises(ValueError, match="distinct positions"):
+        aug.multi_crop(key, images, DINO, views=(1, 1))
 
 
 def test_sharded_batch_is_augmented_in_place():
@@ -497,11 +503,9 @@ def test_sharded_batch_is_augmented_in_place():
         aug.two_views(key, images[s : s + N], SMALL, indices=jnp.arange(s, s + N))
         for s in range(0, len(devices), N)
     ]
-    expected = np.concatenate([p[:N] for p in parts] + [p[N:] for p in parts])
-    np.testing.assert_allclose(got, expected, atol=1e-5)
-    # Each device augments its own images; only the view-major concatenation moves
-    # already augmented (float) views between devices.
+    np.testing.assert_allclose(got, np.concatenate(parts), atol=1e-5)
+    # Each device augments its own images and keeps their views: nothing crosses devices.
     hlo = aug.two_views.lower(key, sharded, SMALL).compile().as_text()
-    ops = ("all-gather", "all-to-all", "collective-permute", "all-reduce")
-    collectives = [line for line in hlo.splitlines() if any(op in line for op in ops)]
-    assert not any("u8[" in line or "all-gather" in line for line in collectives), collectives
+    ops = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
+    collectives = [line for line in hlo.splitlines() if any(op + "(" in line for op in ops)]
+    assert not collectives, collectives

@@ -120,8 +120,8 @@ def _recompute_z(run, images):
         return z
 
     return (
-        np.asarray(z_of(views[:BATCH]), np.float64),
-        np.asarray(z_of(views[BATCH:]), np.float64),
+        np.asarray(z_of(views[:, 0]), np.float64),
+        np.asarray(z_of(views[:, 1]), np.float64),
     )
 
 

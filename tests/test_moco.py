@@ -154,7 +154,8 @@ def _key_function(config):
     @jax.jit
     def keys(params, batch_stats, batch, t):
         view_key, shuffle_key = jax.random.split(jax.random.fold_in(RNG, t))
-        view2 = augment.two_views(view_key, batch["image"], recipe, indices=batch["index"])[B:]
+        views = augment.two_views(view_key, batch["image"], recipe, indices=batch["index"])
+        view2 = views[:, 1]
 
         def project(x):
             variables = {"params": params, "batch_stats": batch_stats}

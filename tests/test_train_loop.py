@@ -24,8 +24,9 @@ def test_a_short_run_is_bit_identical_to_the_run_recorded_before_the_loop_was_sp
     name, tmp_path, data_dir, monkeypatch
 ):
     # tests/golden/short_runs.json was written by tests/golden/record_short_runs.py from the code
-    # before issue 16 split the loop: every metric record, the kNN and probe results, and the
-    # parameters' checksum after 6 steps with logs at 2, 4, 6, saves at 3, 6, evaluations at 3, 6.
+    # before issue 16 split the loop (and re-recorded when issue 17 changed the views' layout,
+    # see there): every metric record, the kNN and probe results, and the parameters' checksum
+    # after 6 steps with logs at 2, 4, 6, saves at 3, 6, evaluations at 3, 6.
     # The SimCLR run also profiles steps 1..3 now: tracing must change no bit either.
     monkeypatch.setenv("SSLAX_DATA_DIR", data_dir)
     extra = {"profile_steps": (1, 3)} if name == "simclr" else {}

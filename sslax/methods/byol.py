@@ -127,8 +127,9 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
 
     def train_step(state, batch, rng):
         step_key = jax.random.fold_in(rng, state.step)
-        views = augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
-        n = batch["image"].shape[0]
+        views = common.flatten_views(
+            augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
+        )
 
         if stop_gradient:
             # Training-mode BN, as for the online network; the target's own running statistics
@@ -145,9 +146,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
                 predictor, params["predictor"], state.batch_stats["predictor"], z, train=True
             )
             t = target_z if stop_gradient else z
-            loss = _prediction_loss(p[:n], t[n:], stop_gradient) + _prediction_loss(
-                p[n:], t[:n], stop_gradient
-            )
+            (p1, p2), (t1, t2) = (jnp.unstack(common.per_image(x, 2), axis=1) for x in (p, t))
+            loss = _prediction_loss(p1, t2, stop_gradient) + _prediction_loss(p2, t1, stop_gradient)
             return loss, (z, {"encoder": encoder_stats, "predictor": predictor_stats})
 
         (loss, (z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -169,20 +169,40 @@ def init_variables(model, rng, images):
     return variables["params"], variables.get("batch_stats", {})
 
 
-def embed_views_separately(model, params, batch_stats, views):
-    """Runs the two halves of ``views`` (2N rows, view-major) through ``model`` in train mode.
+def flatten_views(views: jax.Array) -> jax.Array:
+    """``(N, k, ...)`` views (:mod:`sslax.augment`'s image-major layout) -> the ``(N k, ...)``
+    batch a network sees, row ``i k + v`` being view ``v`` of image ``i``.
 
-    vmap over the view axis gives each view its own BatchNorm statistics, as two forward
-    passes would (the official Barlow Twins and VICReg code), in one batched pass. The running
-    averages take the mean of the two views' statistics. Returns z1, z2 ([N, D] each) and the
-    new batch_stats.
+    With the batch sharded over images every device keeps its own images' views: the
+    reshape merges the sharded image axis with the local view axis, which moves nothing.
     """
-    pairs = views.reshape(2, views.shape[0] // 2, *views.shape[1:])
+    return views.reshape(-1, *views.shape[2:])
+
+
+def per_image(outputs: jax.Array, k: int) -> jax.Array:
+    """``(N k, ...)`` outputs of :func:`flatten_views`'s batch -> ``(N, k, ...)``.
+
+    ``per_image(z, 2)[:, v]`` is the ``[N, D]`` embeddings of view ``v``, still local.
+    """
+    return outputs.reshape(-1, k, *outputs.shape[1:])
+
+
+def embed_views_separately(model, params, batch_stats, views):
+    """Runs each view of ``views`` ``(N, 2, ...)`` through ``model`` in train mode.
+
+    One pass per view, as the official Barlow Twins and VICReg code calls the network, gives
+    each view its own BatchNorm statistics; the running averages take the mean of the two
+    views' statistics. Returns z1, z2 ([N, D] each) and the new batch_stats.
+
+    The passes are a loop (:func:`jax.lax.map`), not a ``vmap`` over the view axis: batching
+    a convolution merges the mapped axis in front of the image axis, a view-major batch that
+    the partitioner can only build by gathering every view on every device.
+    """
 
     def forward(x):
         return apply_model(model, params, batch_stats, x, train=True)
 
-    (_, z), updated = jax.vmap(forward)(pairs)
+    (_, z), updated = jax.lax.map(forward, jnp.swapaxes(views, 0, 1))
     return z[0], z[1], jax.tree.map(lambda s: jnp.mean(s, axis=0), updated)
 
 

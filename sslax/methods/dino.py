@@ -112,9 +112,22 @@ class MultiCropEncoder(nn.Module):
         return h, self.head(h, train=train)
 
     def multi_crop(self, crops, *, train: bool):
-        """Crops of different sizes: the backbone once per size, the head on them all."""
-        h = jnp.concatenate([self.backbone(c, train=train) for c in crops])
-        return h, self.head(h, train=train)
+        """Crops of different sizes, ``(N, k, size, size, 3)`` each (:func:`augment.multi_crop`):
+        the backbone once per size, the head on them all. Returns ``(h, z)``, ``(N, C, ...)``
+        each, C the total number of crops, in the order of ``crops``.
+
+        Every array keeps the image axis first, so with the batch sharded over images no crop,
+        feature or output leaves its device.
+        """
+        h = jnp.concatenate(
+            [
+                common.per_image(self.backbone(common.flatten_views(c), train=train), c.shape[1])
+                for c in crops
+            ],
+            axis=1,
+        )
+        z = self.head(common.flatten_views(h), train=train)
+        return h, common.per_image(z, h.shape[1])
 
 
 def teacher_temperature(step, config: ml_collections.ConfigDict):
@@ -306,7 +319,6 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     recipe = augment.dino_multicrop_recipe(
         global_size=config.image_size, local_size=cfg.local_size, num_local=cfg.num_local
     )
-    num_crops = 2 + cfg.num_local
 
     def init(rng, images):
         params, batch_stats = common.init_variables(student, rng, images)
@@ -325,16 +337,18 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         step_key = jax.random.fold_in(rng, state.step)
         view_key, drop_key = jax.random.split(step_key)
         crops = augment.multi_crop(view_key, batch["image"], recipe, indices=batch["index"])
-        n = batch["image"].shape[0]
         teacher_temp = teacher_temperature(state.step, config)
 
         (_, t), teacher_updates = teacher.apply(
             {"params": state.teacher_params, "batch_stats": state.teacher_batch_stats},
-            crops[0][: 2 * n],  # views come view-major, globals first
+            # The two global crops: the first of the first size (the locals share that array
+            # when they are as large).
+            common.flatten_views(crops[0][:, :2]),
             train=True,
             mutable=["batch_stats"],
         )
-        t = jax.lax.stop_gradient(t.reshape(2, n, cfg.out_dim))
+        # [2, N, K] for the loss: a transpose keeps each device's rows on it.
+        t = jax.lax.stop_gradient(jnp.swapaxes(common.per_image(t, 2), 0, 1))
 
         def loss_fn(params):
             (_, s), updated = student.apply(
@@ -345,9 +359,12 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
                 rngs={"dropout": drop_key},
                 method=MultiCropEncoder.multi_crop,
             )
-            s = s.reshape(num_crops, n, cfg.out_dim)
             loss = losses.dino_loss(
-                s, t, state.center, student_temp=cfg.student_temp, teacher_temp=teacher_temp
+                jnp.swapaxes(s, 0, 1),
+                t,
+                state.center,
+                student_temp=cfg.student_temp,
+                teacher_temp=teacher_temp,
             )
             return loss, (s, updated["batch_stats"])
 
@@ -370,7 +387,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         )
         metrics = {
             "loss": loss,
-            "embedding_std": diagnostics.embedding_std(s[:2].reshape(2 * n, cfg.out_dim)),
+            "embedding_std": diagnostics.embedding_std(common.flatten_views(s[:, :2])),
             "teacher_entropy": jnp.mean(_entropy(targets)),
             "teacher_max_prob": jnp.mean(jnp.max(targets, axis=-1)),
             "teacher_batch_entropy": _entropy(jnp.mean(targets, axis=(0, 1))),

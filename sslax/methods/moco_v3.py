@@ -129,7 +129,10 @@ def contrastive_loss(q: jax.Array, k: jax.Array, temperature: float) -> jax.Arra
     q = l2_normalize(q)
     k = jax.lax.stop_gradient(l2_normalize(k))
     logits = jnp.dot(q, k.T, precision=jax.lax.Precision.HIGHEST) / temperature
-    cross_entropy = jax.nn.logsumexp(logits, axis=-1) - jnp.diagonal(logits)
+    # The label logit q_i . k_i from the rows themselves: the diagonal of a matrix whose rows
+    # are sharded over devices would be gathered to every device.
+    positives = jnp.sum(q * k, axis=-1) / temperature
+    cross_entropy = jax.nn.logsumexp(logits, axis=-1) - positives
     return 2.0 * temperature * jnp.mean(cross_entropy)
 
 
@@ -171,8 +174,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     def train_step(state, batch, rng):
         step_key = jax.random.fold_in(rng, state.step)
         views = augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
-        n = batch["image"].shape[0]
-        x1, x2 = views[:n], views[n:]
+        x1, x2 = jnp.unstack(views, axis=1)
 
         def momentum_keys(x):
             # The momentum encoder's own running statistics are not kept; target_batch_stats

@@ -12,9 +12,8 @@ thousands of images). Without a mesh in context it tiles on one device.
 
 from __future__ import annotations
 
-import math
-
 import jax
+import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
@@ -60,11 +59,9 @@ def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1
 
 def global_info_nce(z1, z2, *, temperature: float, chunk_size: int):
     """The global-batch InfoNCE loss, tiled ``chunk_size`` views at a time on each device."""
-    mesh = jax.sharding.get_abstract_mesh()
-    axes = tuple(a for a in mesh.axis_names if a in parallel.AXES) if not mesh.empty else ()
+    axes, shards = parallel.batch_shards_in_context()
     if not axes:
         return losses.info_nce(z1, z2, temperature=temperature, chunk_size=chunk_size)
-    shards = math.prod(mesh.shape[a] for a in axes)
     local_views = 2 * z1.shape[0] // shards
     if z1.shape[0] % shards or local_views % chunk_size:
         raise ValueError(
@@ -100,19 +97,19 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     def train_step(state, batch, rng):
         step_key = jax.random.fold_in(rng, state.step)
         views = augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
-        n = batch["image"].shape[0]
 
         def loss_fn(params):
             (_, z), updated = model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
-                views,
+                common.flatten_views(views),
                 train=True,
                 mutable=["batch_stats"],
             )
+            z1, z2 = jnp.unstack(common.per_image(z, 2), axis=1)
             if chunk_size:
-                loss = global_info_nce(z[:n], z[n:], temperature=temperature, chunk_size=chunk_size)
+                loss = global_info_nce(z1, z2, temperature=temperature, chunk_size=chunk_size)
             else:
-                loss = losses.info_nce(z[:n], z[n:], temperature=temperature)
+                loss = losses.info_nce(z1, z2, temperature=temperature)
             return loss, (z, updated["batch_stats"])
 
         (loss, (z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

@@ -121,8 +121,9 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
 
     def train_step(state, batch, rng):
         step_key = jax.random.fold_in(rng, state.step)
-        views = augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
-        n = batch["image"].shape[0]
+        views = common.flatten_views(
+            augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
+        )
 
         def loss_fn(params):
             (_, z), encoder_stats = common.apply_model(
@@ -131,9 +132,9 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             p, predictor_stats = common.apply_model(
                 predictor, params["predictor"], state.batch_stats["predictor"], z, train=True
             )
+            (p1, p2), (z1, z2) = (jnp.unstack(common.per_image(x, 2), axis=1) for x in (p, z))
             loss = 0.5 * (
-                _prediction_loss(p[:n], z[n:], stop_gradient)
-                + _prediction_loss(p[n:], z[:n], stop_gradient)
+                _prediction_loss(p1, z2, stop_gradient) + _prediction_loss(p2, z1, stop_gradient)
             )
             return loss, (z, {"encoder": encoder_stats, "predictor": predictor_stats})
 

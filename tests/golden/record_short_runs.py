@@ -4,7 +4,10 @@
 
 Run it only on purpose (it records what the code does now): it was run once before the
 training loop of sslax.train was split into named pieces (issue 16), so that
-tests/test_train_loop.py can show the split changed no bit. The runs use the test setting
+tests/test_train_loop.py can show the split changed no bit; and again when issue 17 laid the
+views out image-major, which changes the order of floating-point sums (BatchNorm statistics,
+the losses): every metric moved by at most 6e-6 of its value (the largest: DINO's embedding
+std), the kNN and probe accuracies not at all. The runs use the test setting
 (8 simulated CPU devices, sslax's XLA:CPU flags), the same as under pytest.
 """
 
