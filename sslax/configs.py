@@ -49,6 +49,10 @@ def shapes_config(method: str) -> ml_collections.ConfigDict:
     c.stem = "imagenet"
     c.patch_size = 16  # ViT models (vit_tiny, vit_small, vit_base) only
     c.compute_dtype = "float32"  # "bfloat16": bf16 compute, float32 parameters and optimizer
+    # Activation rematerialisation of the backbone (sslax.models.remat): "none", "dots" (keep
+    # only conv/matmul outputs: ViTs), "blocks" (keep only each block's input: ResNets), "full".
+    # Less memory for more FLOPs, the same results; `python -m sslax.plan` shows the trade.
+    c.remat = "none"
     c.proj_hidden_dim = 256
     c.proj_dim = 64
 
@@ -199,6 +203,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
     one_of("recipe", common.RECIPES)
     one_of("compute_dtype", tuple(common.COMPUTE_DTYPES))
     one_of("stem", models.RESNET_STEMS)
+    one_of("remat", models.REMAT)
 
     # The run, its schedule and its cadences.
     at_least("total_steps", 1)

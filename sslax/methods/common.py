@@ -56,6 +56,7 @@ def backbone(config: ml_collections.ConfigDict):
         patch_size=config.patch_size,
         image_size=config.image_size,
         dtype=compute_dtype(config),
+        remat=config.get("remat", "none"),
     )
 
 

@@ -309,6 +309,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             image_size=config.image_size,
             dtype=dtype,
             drop_path_rate=cfg.drop_path_rate,
+            remat=config.remat,
         )
     student = MultiCropEncoder(backbone=student_backbone, head=head)
     teacher = MultiCropEncoder(backbone=teacher_backbone, head=head)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from sslax.models.dino_head import DINOHead, last_layer_mask
 from sslax.models.heads import MLPHead
+from sslax.models.remat import REMAT
 from sslax.models.resnet import STAGES, STEMS as RESNET_STEMS, ResNet
 from sslax.models.vit import VIT_PRESETS, ViT, vit_from_name
 
@@ -17,6 +18,7 @@ __all__ = [
     "Encoder",
     "MLPHead",
     "MODELS",
+    "REMAT",
     "RESNET_STEMS",
     "ResNet",
     "VIT_PRESETS",
@@ -52,11 +54,18 @@ def backbone_from_config(
     patch_size: int = 16,
     image_size: int = 224,
     dtype: Any = jnp.float32,
+    remat: str = "none",
 ) -> nn.Module:
-    """A backbone by name: ResNets use width and stem, ViTs patch_size and image_size."""
+    """A backbone by name: ResNets use width and stem, ViTs patch_size and image_size.
+
+    ``remat`` (one of :data:`REMAT`, see :mod:`sslax.models.remat`) trades compute for memory
+    in training; parameters and results do not depend on it.
+    """
     if model in VIT_PRESETS:
-        return vit_from_name(model, patch_size=patch_size, image_size=image_size, dtype=dtype)
+        return vit_from_name(
+            model, patch_size=patch_size, image_size=image_size, dtype=dtype, remat=remat
+        )
     if model not in STAGES:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     stages, block = STAGES[model]
-    return ResNet(stage_sizes=stages, block=block, width=width, stem=stem, dtype=dtype)
+    return ResNet(stage_sizes=stages, block=block, width=width, stem=stem, dtype=dtype, remat=remat)

@@ -6,7 +6,8 @@ stochastic depth whose rate grows linearly from 0 to ``drop_path_rate`` over the
 DINO. Position embeddings are learned for the patch grid of ``image_size`` and resized
 bicubically when an input has a different grid, so a model built for 224 px global crops also
 takes DINO's 96 px local crops. With ``dtype=jnp.bfloat16`` the computation runs in bfloat16
-while parameters (and h) stay float32.
+while parameters (and h) stay float32. ``remat`` (:mod:`sslax.models.remat`) trades compute for
+memory in training without changing parameters or results.
 
 >>> import jax, jax.numpy as jnp
 >>> net = ViT(patch_size=8, hidden_dim=32, depth=1, num_heads=2, mlp_dim=64, image_size=32)
@@ -29,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslax.models import remat as remat_lib
+
 # name -> (hidden_dim, depth, num_heads, mlp_dim), as in timm / DINO.
 VIT_PRESETS = {
     "vit_tiny": (192, 12, 3, 768),
@@ -37,6 +40,9 @@ VIT_PRESETS = {
 }
 
 _init = nn.initializers.truncated_normal(stddev=0.02)
+# Remat "dots" keeps the outputs of the blocks' projections (matmuls without batch dimensions:
+# q, k, v, out, fc1, fc2); layer norms, attention scores and softmax, GELU are recomputed.
+DOTS_POLICY = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 
 def interpolate_pos_embedding(pos: jax.Array, grid: tuple[int, int]) -> jax.Array:
@@ -123,6 +129,8 @@ class ViT(nn.Module):
       dtype: computation dtype (parameters are always float32; h is returned as float32).
       image_size: reference resolution whose patch grid the position embeddings are stored for.
       drop_path_rate: stochastic-depth rate of the last block (linear from 0 over the blocks).
+      remat: what the backward pass recomputes rather than keeps: one of
+        :data:`sslax.models.remat.REMAT` ("dots" keeps each block's projection outputs).
     """
 
     patch_size: int
@@ -133,6 +141,7 @@ class ViT(nn.Module):
     dtype: Any = jnp.float32
     image_size: int = 224
     drop_path_rate: float = 0.0
+    remat: str = "none"
 
     def __post_init__(self):
         if (
@@ -150,6 +159,7 @@ class ViT(nn.Module):
             )
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1); got {self.drop_path_rate}")
+        remat_lib.check(self.remat)
         super().__post_init__()
 
     @nn.compact
@@ -159,34 +169,49 @@ class ViT(nn.Module):
         if height % p or width % p:
             raise ValueError(f"input of {height}x{width} px is not divisible by patch_size={p}")
         grid = (height // p, width // p)
-        x = nn.Conv(
-            self.hidden_dim,
-            (p, p),
-            strides=(p, p),
-            padding="VALID",
-            dtype=self.dtype,
-            name="patch_embed",
-        )(images.astype(self.dtype))
-        x = x.reshape(n, grid[0] * grid[1], self.hidden_dim)
 
-        ref = self.image_size // p
-        cls = self.param("cls_token", _init, (1, 1, self.hidden_dim), jnp.float32)
-        # One table for CLS + the reference grid, as in timm/DINO checkpoints.
-        pos = self.param("pos_embedding", _init, (1, 1 + ref * ref, self.hidden_dim), jnp.float32)
-        pos = jnp.concatenate([pos[0, :1], interpolate_pos_embedding(pos[0, 1:], grid)])
-        self.sow("intermediates", "pos_embedding", pos)  # kept only if 'intermediates' mutable
-        x = jnp.concatenate(
-            [jnp.broadcast_to(cls, (n, 1, self.hidden_dim)).astype(x.dtype), x], axis=1
-        )
-        x = x + pos[None].astype(x.dtype)
-
-        for i in range(self.depth):
+        # Functions of (module, x) that make their submodules where they run, so that remat can
+        # lift them; ``train`` is closed over (remat would trace an argument).
+        def block(i: int):
             rate = self.drop_path_rate * i / max(self.depth - 1, 1)
-            x = EncoderBlock(
-                self.num_heads, self.mlp_dim, drop_path=rate, dtype=self.dtype, name=f"block{i}"
-            )(x, train=train)
-        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
-        return x[:, 0].astype(jnp.float32)
+
+            def apply(module, x):
+                return EncoderBlock(
+                    self.num_heads, self.mlp_dim, drop_path=rate, dtype=self.dtype, name=f"block{i}"
+                )(x, train=train)
+
+            return remat_lib.rematted(apply, self.remat, per_block=True, dots_policy=DOTS_POLICY)
+
+        def layers(module, images):
+            x = nn.Conv(
+                self.hidden_dim,
+                (p, p),
+                strides=(p, p),
+                padding="VALID",
+                dtype=self.dtype,
+                name="patch_embed",
+            )(images.astype(self.dtype))
+            x = x.reshape(n, grid[0] * grid[1], self.hidden_dim)
+
+            ref = self.image_size // p
+            cls = module.param("cls_token", _init, (1, 1, self.hidden_dim), jnp.float32)
+            # One table for CLS + the reference grid, as in timm/DINO checkpoints.
+            pos = module.param(
+                "pos_embedding", _init, (1, 1 + ref * ref, self.hidden_dim), jnp.float32
+            )
+            pos = jnp.concatenate([pos[0, :1], interpolate_pos_embedding(pos[0, 1:], grid)])
+            # Kept only if 'intermediates' is mutable.
+            module.sow("intermediates", "pos_embedding", pos)
+            x = jnp.concatenate(
+                [jnp.broadcast_to(cls, (n, 1, self.hidden_dim)).astype(x.dtype), x], axis=1
+            )
+            x = x + pos[None].astype(x.dtype)
+            for i in range(self.depth):
+                x = block(i)(module, x)
+            x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
+            return x[:, 0].astype(jnp.float32)
+
+        return remat_lib.rematted(layers, self.remat, per_block=False)(self, images)
 
 
 def vit_from_name(
@@ -195,6 +220,7 @@ def vit_from_name(
     image_size: int = 224,
     dtype: Any = jnp.float32,
     drop_path_rate: float = 0.0,
+    remat: str = "none",
 ) -> ViT:
     """A preset ViT ("vit_tiny", "vit_small", "vit_base") with the given patch size."""
     if name not in VIT_PRESETS:
@@ -209,4 +235,5 @@ def vit_from_name(
         dtype=dtype,
         image_size=image_size,
         drop_path_rate=drop_path_rate,
+        remat=remat,
     )
