@@ -49,10 +49,12 @@ def check_written(out, result, names):
         assert r["consistency_final"] == values[-1]
 
 
+@pytest.mark.slow  # CI's time budget (issue 17 added the collectives and plan tests)
 def test_writes_json_and_png(report):
     check_written(*report, names=["m=1"])
 
 
+@pytest.mark.slow  # CI's time budget (issue 17 added the collectives and plan tests)
 def test_consistency_reads_the_key_encoder(report):
     frozen = report[1]["momenta"]["m=1"]
     assert frozen["curves"]["key_distance"][1][-1] > 1e-3  # the query encoder did move
