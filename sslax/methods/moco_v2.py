@@ -35,7 +35,9 @@ Cost across devices: none beyond global BN's. The groups are dealt from the whol
 encoder's BatchNorm all-reduces ``shuffle_bn_groups`` sets of statistics instead of one (2 x
 groups x channels floats per layer: 1.6 MiB per step for ResNet-50 with 8 groups,
 against the 100 MiB gradient all-reduce). The official code gathers every GPU's images to
-shuffle them and scatters the keys back.
+shuffle them and scatters the keys back. The price is on the device instead: the key encoder
+runs one group at a time, ``shuffle_bn_groups`` forward passes of ``batch / groups`` images
+each (smaller matrix work per pass than one pass over the batch).
 """
 
 from __future__ import annotations
