@@ -89,6 +89,7 @@ __all__ = [
     "Topology",
     "collective_ops",
     "collective_stats",
+    "compile_train_step",
     "make_plan",
     "parse_topology",
 ]
@@ -603,7 +604,8 @@ def _abstract_inputs(program, mesh):
     return state, program.batch_shapes(), key
 
 
-def _compile_train_step(program, mesh, options: dict | None = None):
+def compile_train_step(program, mesh, options: dict | None = None):
+    """The program's train step compiled for ``mesh`` as a run lays it out; (compiled, seconds)."""
     import jax
 
     state, batch, key = _abstract_inputs(program, mesh)
@@ -669,7 +671,7 @@ def _cpu_cost(config, num_devices: int) -> tuple[dict | None, float, str]:
     if len(jax.devices("cpu")) < num_devices:
         return None, 0.0, "none (too few CPU devices for XLA:CPU's cost analysis)"
     mesh = parallel.make_mesh(config.mesh, devices=jax.devices("cpu")[:num_devices])
-    compiled, seconds = _compile_train_step(train.build_program(config, mesh), mesh)
+    compiled, seconds = compile_train_step(train.build_program(config, mesh), mesh)
     return _cost(compiled), seconds, f"xla:cpu compile over {num_devices} simulated devices"
 
 
@@ -706,7 +708,7 @@ def make_plan(config, topology: Topology | str, *, hlo_path: pathlib.Path | None
     options = None
     try:
         compiled, compile_s, options = _compile(
-            functools.partial(_compile_train_step, program, mesh), platform
+            functools.partial(compile_train_step, program, mesh), platform
         )
     except Exception as e:
         if not _out_of_memory(e):

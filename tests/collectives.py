@@ -39,14 +39,8 @@ def measure(method: str, mesh_name: str) -> dict:
 
     config = config_for(method, mesh_name)
     mesh = parallel.make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
-        program = train.build_program(config, mesh)
-        state = jax.tree.map(
-            lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-            program.state_shapes,
-            program.state_shardings,
-        )
-        compiled = program.step.lower(state, program.batch_shapes(), jax.random.key(0)).compile()
+    program = train.build_program(config, mesh)
+    compiled, _ = plan.compile_train_step(program, mesh)
     params = program.state_shapes.params
     return {
         "method": method,

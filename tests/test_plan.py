@@ -292,12 +292,18 @@ TINY_FLAGS = [
 ]
 
 
+def _tiny_plan_cli(topology: str, devices: int, out):
+    """The command's run for the tiny config: its result and the plan.json it wrote, checked."""
+    result = _plan_cli(f"--topology={topology}", f"--out={out}", *TINY_FLAGS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    p = json.loads((out / "plan.json").read_text())
+    _check_plan(p, topology, devices)
+    return result, p
+
+
 @pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install 'sslax[tpu]')")
 def test_tpu_plan_of_a_tiny_config(tmp_path):
-    result = _plan_cli("--topology=v5e:2x2", f"--out={tmp_path}", *TINY_FLAGS)
-    assert result.returncode == 0, result.stderr[-3000:]
-    p = json.loads((tmp_path / "plan.json").read_text())
-    _check_plan(p, "v5e:2x2", 4)
+    result, p = _tiny_plan_cli("v5e:2x2", 4, tmp_path)
     assert p["device_kind"] == "TPU v5 lite" and p["memory"]["fits"] is True
     assert p["memory"]["hbm_bytes"] == 16 * 2**30 and p["cost_source"].startswith("xla:tpu")
     assert p["roofline_step_s"] > 0 and p["images_per_s_ceiling"] > 0
@@ -307,10 +313,7 @@ def test_tpu_plan_of_a_tiny_config(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="JAX's CUDA plugin is not installed")
 def test_gpu_plan_of_a_tiny_config(tmp_path):
-    result = _plan_cli("--topology=h200:4", f"--out={tmp_path}", *TINY_FLAGS)
-    assert result.returncode == 0, result.stderr[-3000:]
-    p = json.loads((tmp_path / "plan.json").read_text())
-    _check_plan(p, "h200:4", 4)
+    _, p = _tiny_plan_cli("h200:4", 4, tmp_path)
     assert p["device_kind"] == "NVIDIA H200" and p["memory"]["fits"] is True
     # No cost analysis without a GPU: XLA:CPU's of the same program.
     assert "FLOPs: xla:cpu compile over 4" in p["cost_source"]
