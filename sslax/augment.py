@@ -47,6 +47,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from sslax.data import images as host_images
+
 __all__ = [
     "BRIGHTNESS",
     "CONTRAST",
@@ -63,7 +65,9 @@ __all__ = [
     "augment_view",
     "blur_kernel_size",
     "byol_recipe",
+    "crop_recipe",
     "dino_multicrop_recipe",
+    "finish_crops",
     "gaussian_blur",
     "moco_v2_recipe",
     "multi_crop",
@@ -81,10 +85,11 @@ __all__ = [
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 
-# torchvision's RandomResizedCrop tries this many boxes before its centre-crop fallback.
-_CROP_ATTEMPTS = 10
-# Each attempt draws an area and an aspect ratio; the chosen box then draws top and left.
-_CROP_UNIFORMS = 2 * _CROP_ATTEMPTS + 2
+# torchvision's RandomResizedCrop tries 10 boxes before its centre-crop fallback; each attempt
+# draws an area and an aspect ratio, and the chosen box then draws top and left. The host's
+# sampler for photos (sslax.data.images) draws the same numbers.
+_CROP_ATTEMPTS = host_images.CROP_ATTEMPTS
+_CROP_UNIFORMS = host_images.CROP_DRAWS
 # A view draws the crop's numbers, then flip, jitter, 4 jitter-order keys, 3 jitter
 # factors, hue, grayscale, blur, blur sigma and solarize: one threefry call per view,
 # because each separate random call costs about half a second of XLA compile time.
@@ -381,13 +386,7 @@ def _crop_from_uniforms(
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = jnp.argmax(fits)
 
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fallback_w, fallback_h = width, round(width / min(ratio))
-    elif in_ratio > max(ratio):
-        fallback_w, fallback_h = round(height * max(ratio)), height
-    else:
-        fallback_w, fallback_h = width, height
+    fallback_h, fallback_w = host_images.fallback_crop(height, width, ratio)
 
     found = jnp.any(fits)
     h = jnp.where(found, h[first], fallback_h)
@@ -534,6 +533,17 @@ def simclr_recipe(size: int, strength: float = 1.0, blur: bool = True) -> Recipe
         blur_prob=0.5 if blur else 0.0,
     )
     return Recipe("simclr", (view, view))
+
+
+def crop_recipe(size: int) -> Recipe:
+    """Crop and flip only: SimCLR's random resized crop (0.08, 1) and flip 0.5, no colour, no
+    blur. SimCLR's single-transformation ablation (Figure 5: crop alone).
+
+    >>> crop_recipe(32).views[0].jitter_prob
+    0.0
+    """
+    view = ViewRecipe(size=size, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+    return Recipe("crop", (view, view))
 
 
 def moco_v2_recipe(size: int) -> Recipe:
@@ -700,8 +710,10 @@ def _color_jitter(img: jax.Array, params: dict[str, jax.Array], with_hue: bool) 
     return img
 
 
-@functools.partial(jax.jit, static_argnames="view")
-def apply_view(img: jax.Array, params: dict[str, jax.Array], view: ViewRecipe) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("view", "cropped"))
+def apply_view(
+    img: jax.Array, params: dict[str, jax.Array], view: ViewRecipe, cropped: bool = False
+) -> jax.Array:
     """Applies drawn parameters to one image.
 
     Ops whose probability or strength in ``view`` is zero are left out of the graph,
@@ -711,18 +723,25 @@ def apply_view(img: jax.Array, params: dict[str, jax.Array], view: ViewRecipe) -
       img: (H, W, 3) float image in [0, 1] (uint8 is scaled by 1/255).
       params: a dict from :func:`sample_view_params`.
       view: the recipe the parameters were drawn for.
+      cropped: ``img`` is the view's crop already (``view.size`` square, cut on the host);
+        the crop parameters are then ignored and the rest applies from the flip on.
     Returns:
       (view.size, view.size, 3) float32 image in [0, 1].
     """
-    out = _crop_and_resize(
-        img,
-        params["top"],
-        params["left"],
-        params["height"],
-        params["width"],
-        view.size,
-        params["flip"],
-    )
+    if cropped:
+        if img.shape[:2] != (view.size, view.size):
+            raise ValueError(f"a cropped view must be {view.size} square, got {img.shape}")
+        out = jnp.where(params["flip"], img[:, ::-1], img).astype(jnp.float32)
+    else:
+        out = _crop_and_resize(
+            img,
+            params["top"],
+            params["left"],
+            params["height"],
+            params["width"],
+            view.size,
+            params["flip"],
+        )
     # Scaling after the resize reads the image once, as uint8.
     if img.dtype == jnp.uint8:
         out = out / 255.0
@@ -782,14 +801,24 @@ def _shared_graph_key(view: ViewRecipe) -> tuple:
 
 def _views_by_size(
     key: jax.Array,
-    images: jax.Array,
+    images: jax.Array | None,
     recipe: Recipe,
     indices: jax.Array | None,
     made: Sequence[int] | None = None,
+    crops: Sequence[jax.Array] | None = None,
 ) -> tuple[jax.Array, ...]:
-    """multi_crop's output: per size, the (N, k, size, size, 3) views, image-major."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be (N, H, W, 3), got {images.shape}")
+    """multi_crop's output: per size, the (N, k, size, size, 3) views, image-major.
+
+    From ``images`` (N, H, W, 3), cropped here; or from host-made ``crops``, one
+    (N, k, size, size, 3) array per size of ``recipe.sizes`` holding every view of the recipe.
+    """
+    if crops is None:
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be (N, H, W, 3), got {images.shape}")
+        num = images.shape[0]
+    else:
+        _check_crops(crops, recipe)
+        num = crops[0].shape[0]
     made = tuple(range(len(recipe.views))) if made is None else tuple(made)
     if not made or len(set(made)) != len(made) or not set(made) <= set(range(len(recipe.views))):
         raise ValueError(
@@ -797,7 +826,7 @@ def _views_by_size(
             f"{len(recipe.views)} views, got {made}"
         )
     if indices is None:
-        indices = jnp.arange(images.shape[0], dtype=jnp.int32)
+        indices = jnp.arange(num, dtype=jnp.int32)
     view_ids = jnp.arange(len(recipe.views))
 
     def draws(example_key: jax.Array) -> jax.Array:
@@ -807,21 +836,34 @@ def _views_by_size(
     example_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
     uniforms = jax.vmap(draws)(example_keys)  # (N, views, _VIEW_UNIFORMS)
 
+    def view_input(v: int) -> jax.Array:
+        """View v's host crop: position v among the recipe's views of its size."""
+        size = recipe.views[v].size
+        position = [u for u in range(len(recipe.views)) if recipe.views[u].size == size].index(v)
+        return crops[recipe.sizes.index(size)][:, position]
+
     groups: dict[tuple, list[int]] = {}
     for v in made:
         groups.setdefault(_shared_graph_key(recipe.views[v]), []).append(v)
     outputs = {}
     for members in groups.values():
+        shape = images.shape[1:] if crops is None else view_input(members[0]).shape[1:]
         params = [
             jax.vmap(_params_from_uniforms, in_axes=(0, None, None))(
-                uniforms[:, v], recipe.views[v], images.shape[1:]
+                uniforms[:, v], recipe.views[v], shape
             )
             for v in members
         ]
         params = jax.tree.map(lambda *p: jnp.stack(p), *params)  # (members, N, ...)
-        apply = jax.vmap(apply_view, in_axes=(0, 0, None))  # over examples
-        apply = jax.vmap(apply, in_axes=(None, 0, None))  # over views
-        stacked = apply(images, params, _merge([recipe.views[v] for v in members]))
+        merged = _merge([recipe.views[v] for v in members])
+        if crops is None:
+            apply = jax.vmap(apply_view, in_axes=(0, 0, None))  # over examples
+            apply = jax.vmap(apply, in_axes=(None, 0, None))  # over views
+            stacked = apply(images, params, merged)
+        else:
+            apply = jax.vmap(functools.partial(apply_view, view=merged, cropped=True))
+            inputs = jnp.stack([view_input(v) for v in members])  # (members, N, ...): local
+            stacked = jax.vmap(apply)(inputs, params)
         outputs.update({v: stacked[i] for i, v in enumerate(members)})
 
     # Stacked on a new axis after the image axis: no row of any device changes device.
@@ -830,6 +872,17 @@ def _views_by_size(
         jnp.stack([outputs[v] for v in made if recipe.views[v].size == size], axis=1)
         for size in sizes
     )
+
+
+def _check_crops(crops: Sequence[jax.Array], recipe: Recipe) -> None:
+    counts = [sum(v.size == size for v in recipe.views) for size in recipe.sizes]
+    expected = [(k, size, size, 3) for k, size in zip(counts, recipe.sizes)]
+    got = [tuple(c.shape[1:]) for c in crops]
+    if got != expected or len({c.shape[0] for c in crops}) != 1:
+        raise ValueError(
+            f"recipe {recipe.name!r} needs host crops of shapes (N, *{expected}) per size, got "
+            f"{[tuple(c.shape) for c in crops]}"
+        )
 
 
 @functools.partial(jax.jit, static_argnames="recipe")
@@ -892,3 +945,35 @@ def multi_crop(
     [(4, 2, 16, 16, 3), (4, 3, 8, 8, 3)]
     """
     return _views_by_size(key, images, recipe, indices, views)
+
+
+@functools.partial(jax.jit, static_argnames=("recipe", "views"))
+def finish_crops(
+    key: jax.Array,
+    crops: tuple[jax.Array, ...],
+    recipe: Recipe,
+    *,
+    indices: jax.Array | None = None,
+    views: tuple[int, ...] | None = None,
+) -> tuple[jax.Array, ...]:
+    """:func:`multi_crop` for views whose crops were cut on the host (photos of every size).
+
+    The host takes each view's random resized crop from the original image
+    (:class:`sslax.data.images.TrainCrops`); this applies the rest of each view's recipe, from
+    the flip on, with the same per-example draws as :func:`multi_crop` (the crop's own draws
+    go unused).
+
+    Args:
+      key, indices, views: as in :func:`multi_crop`.
+      crops: one (N, k, size, size, 3) uint8 array per size of ``recipe.sizes``, holding every
+        view of the recipe of that size in recipe order.
+      recipe: the recipe the crops were cut for.
+    Returns:
+      as :func:`multi_crop`.
+
+    >>> recipe = dino_multicrop_recipe(16, 8, num_local=3)
+    >>> crops = (jnp.zeros((4, 2, 16, 16, 3), jnp.uint8), jnp.zeros((4, 3, 8, 8, 3), jnp.uint8))
+    >>> [c.shape for c in finish_crops(jax.random.key(0), crops, recipe, views=(0, 2))]
+    [(4, 1, 16, 16, 3), (4, 1, 8, 8, 3)]
+    """
+    return _views_by_size(key, None, recipe, indices, views, tuple(crops))

@@ -39,6 +39,14 @@ def shapes_config(method: str) -> ml_collections.ConfigDict:
     c.data_dir = ""  # TFDS data_dir; "" means TFDS's default
     c.train_split = "train"
     c.eval_split = "test"  # held-out split for kNN ("validation" for tfds:imagenet2012)
+    # Photos of every size (folder:PATH, tfds:imagenet2012): decoding worker processes per host
+    # (-1: the cores less one; 0: threads of the training process), JPEGs decoded at 1/2-1/8
+    # scale when every crop allows it, and the evaluation centre crop's share of the shorter
+    # side (0.875: 224 of 256). prefetch_batches: global batches put on the devices ahead.
+    c.data_workers = -1
+    c.dct_downscale = True
+    c.crop_fraction = 0.875
+    c.prefetch_batches = 2
 
     # Device mesh: ("data", n) splits the batch; ("fsdp", n) splits the batch too and also the
     # large parameters and optimiser state (for ViT-B and larger). -1: the remaining devices.
@@ -68,7 +76,8 @@ def shapes_config(method: str) -> ml_collections.ConfigDict:
     c.momentum = 0.9
     c.temperature = 0.5
 
-    # Views: a recipe of sslax.augment ("simclr", "moco_v2" or "byol"). For "simclr",
+    # Views: a recipe of sslax.augment ("simclr", "moco_v2", "byol", or "crop": crop and flip
+    # only, SimCLR's Figure 5 ablation). For "simclr",
     # augment_strength is SimCLR's colour strength s; blur is off for 32 px images (SimCLR
     # App. B.9).
     c.recipe = "simclr"
@@ -124,10 +133,15 @@ def imagenet_config(
 ) -> ml_collections.ConfigDict:
     """The paper setting shared by the ``*_imagenet.py`` files: ImageNet-1k from TFDS at 224 px.
 
+    ImageNet held as a folder instead: ``--config.dataset=folder:/data/imagenet
+    --config.eval_split=val``. Either way the host cuts each view's crop from the whole
+    original photo (:mod:`sslax.data.images`) and evaluation uses 224 px centre crops of the
+    images resized to 256.
+
     Epoch counts become steps at ``batch_size`` (a warm-up longer than the run is clipped to
-    it, as in :func:`shapes_config`); bfloat16 compute (float32 parameters and
-    optimiser state) is sslax's accelerator default, not every paper's. The method's optimiser,
-    views and head come from its config file. Returned unlocked.
+    it, as in :func:`shapes_config`); bfloat16 compute (float32 parameters and optimiser state)
+    is sslax's accelerator default, not every paper's. The method's optimiser, views and head
+    come from its config file. Returned unlocked.
     """
     c = shapes_config(method)
     c.dataset = "tfds:imagenet2012"
@@ -254,6 +268,12 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> N
         f"crop_min_scale must be in (0, 1], got {config.crop_min_scale}",
     )
     at_least("augment_strength", 0)
+    at_least("data_workers", -1, " (-1: from the machine)")
+    at_least("prefetch_batches", 0)
+    need(
+        0 < config.crop_fraction <= 1,
+        f"crop_fraction must be in (0, 1], got {config.crop_fraction}",
+    )
 
     # Evaluation and diagnostics.
     at_least("knn_k", 1)

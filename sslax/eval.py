@@ -289,8 +289,13 @@ class TrainingEvaluator:
         from sslax.methods import common
 
         self._k, self._temperature = config.knn_k, config.knn_temperature
-        self._train = pipeline.split_arrays(train_source, max_examples=config.knn_train_examples)
-        self._test = pipeline.split_arrays(test_source, max_examples=config.knn_test_examples)
+        workers = pipeline.workers_for(train_source, config.data_workers)
+        self._train = pipeline.split_arrays(
+            train_source, max_examples=config.knn_train_examples, workers=workers
+        )
+        self._test = pipeline.split_arrays(
+            test_source, max_examples=config.knn_test_examples, workers=workers
+        )
         subset = self._test[0][: config.diagnostics_examples]
         self._features = feature_extractor(
             encode,
@@ -398,12 +403,16 @@ def evaluate_checkpoint(
     eval_split = eval_split or config.eval_split
     data_dir = data_dir if data_dir is not None else (config.data_dir or None)
     try:
-        sources = {
-            split: pipeline.get_source(
-                dataset, name, image_size=config.image_size, data_dir=data_dir
+        sources = {}
+        for split, name in (("train", train_split), ("test", eval_split)):
+            sources[split] = pipeline.get_source(
+                dataset,
+                name,
+                image_size=config.image_size,
+                data_dir=data_dir,
+                crop_fraction=config.get("crop_fraction", 0.875),
+                classes=getattr(sources.get("train"), "classes", None),
             )
-            for split, name in (("train", train_split), ("test", eval_split))
-        }
     except pipeline.DatasetError as e:
         raise EvalError(str(e)) from None
     train_size = min(len(sources["train"]), max_train_examples or len(sources["train"]))
@@ -436,8 +445,11 @@ def evaluate_checkpoint(
         state, step = restored
         limits = {"train": max_train_examples, "test": max_test_examples}
         images, labels = {}, {}
+        workers = pipeline.workers_for(sources["train"], config.get("data_workers", -1))
         for split, source in sources.items():
-            images[split], labels[split] = pipeline.split_arrays(source, max_examples=limits[split])
+            images[split], labels[split] = pipeline.split_arrays(
+                source, max_examples=limits[split], workers=workers
+            )
         largest = max(len(x) for x in images.values())
         features_of = feature_extractor(
             program.method.encode, program.state_shardings, mesh, largest=largest

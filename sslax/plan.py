@@ -77,7 +77,6 @@ import math
 import os
 import pathlib
 import re
-import sys
 import time
 from typing import Any
 
@@ -878,8 +877,9 @@ def summary(plan: dict) -> str:
 
 
 def _fail(message, code: int = 2) -> None:
-    print(f"sslax.plan: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(code)
+    from sslax import cli
+
+    cli.fail("sslax.plan", message, code)
 
 
 def _prepare_backends(topology: Topology, model: str | None) -> None:
@@ -941,38 +941,16 @@ def main(argv: list[str], config_flag, topology_flag, out_flag, hlo_flag) -> Non
 def run() -> None:
     """The command line: flags are defined here, not at import, so importing has no effects."""
     from absl import app, flags
-    from ml_collections import config_flags
 
-    from sslax import train
+    from sslax import cli, train
 
-    try:
-        config_flag = config_flags.DEFINE_config_file(
-            "config",
-            str(train.DEFAULT_CONFIG),
-            "Config file (a get_config() module).",
-            lock_config=True,
-        )
-    except (KeyError, AttributeError) as e:
-        field = str(e).strip("\"'")
-        _fail(f"unknown config field {field!r} in a --config.{field} override")
-    except Exception as e:
-        _fail(e)
+    config_flag = cli.define_config_flag("sslax.plan", str(train.DEFAULT_CONFIG))
     topology_flag = flags.DEFINE_string(
         "topology", None, f"Where the run would run: {TOPOLOGY_HELP}."
     )
     out_flag = flags.DEFINE_string("out", ".", "Folder for plan.json.")
     hlo_flag = flags.DEFINE_bool("hlo", False, "Also write the train step's compiled HLO text.")
     flags.mark_flag_as_required("topology")
-
-    def parse(argv):
-        try:
-            return flags.FLAGS(argv)
-        except Exception as e:
-            message = str(e)
-            if "Traceback" in message:  # a config file's get_config() raised
-                last = [line for line in message.splitlines() if line.strip()][-1].strip()
-                message = f"{message.split('Traceback')[0].strip()} {last}"
-            _fail(message)
 
     app.run(
         functools.partial(
@@ -982,7 +960,7 @@ def run() -> None:
             out_flag=out_flag,
             hlo_flag=hlo_flag,
         ),
-        flags_parser=parse,
+        flags_parser=cli.flags_parser("sslax.plan"),
     )
 
 

@@ -83,3 +83,24 @@ def use_tuned_xla_flags(model: str | None = None) -> bool:
         return False
     os.environ["XLA_FLAGS"] = tuned_xla_flags(os.environ.get("XLA_FLAGS", ""), model)
     return True
+
+
+def quiet_absent_tpu() -> bool:
+    """On a machine without TPU chips but with libtpu installed (``sslax[tpu]`` or the test
+    extra, for plans), keeps JAX's probe of the TPU backend from printing libtpu's start-up
+    errors: it gets a placeholder accelerator type and host, fails quietly and JAX runs on
+    what is there. Changes nothing where TPU chips exist or those variables are set. Returns
+    True if it set them.
+    """
+    import glob
+    import importlib.util
+
+    if importlib.util.find_spec("libtpu") is None or _backends_started():
+        return False
+    if glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"):  # TPU VMs' chips
+        return False
+    if "TPU_ACCELERATOR_TYPE" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ:
+        return False
+    os.environ["TPU_ACCELERATOR_TYPE"] = "v5litepod-1"
+    os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
+    return True

@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import functools
 import hashlib
-import itertools
 import json
 import math
 import pathlib
@@ -35,7 +34,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 # The check of a config lives with the config builders; the entry point re-exports it.
 from sslax.configs import ConfigError, validate_config
@@ -73,19 +71,28 @@ class Program:
     batch_sharding: Any
     init: Callable
     step: Callable
+    host_crops: bool = False
 
     def batch_shapes(self) -> dict:
-        """The global batch as ``jax.ShapeDtypeStruct``s: for ``jax.eval_shape`` and lowering."""
+        """The global batch as ``jax.ShapeDtypeStruct``s: for ``jax.eval_shape`` and lowering.
+
+        With ``host_crops`` (photos of every size) the batch holds every view's crop per view
+        size, ``crops_<S>`` [B, k, S, S, 3]; otherwise the images, ``image`` [B, S, S, 3].
+        """
         import jax
         import jax.numpy as jnp
 
         size, side = self.config.batch_size, self.config.image_size
-        return {
-            "image": jax.ShapeDtypeStruct(
-                (size, side, side, 3), jnp.uint8, sharding=self.batch_sharding
-            ),
-            "index": jax.ShapeDtypeStruct((size,), jnp.int32, sharding=self.batch_sharding),
-        }
+
+        def images(*shape):
+            return jax.ShapeDtypeStruct((size, *shape, 3), jnp.uint8, sharding=self.batch_sharding)
+
+        index = jax.ShapeDtypeStruct((size,), jnp.int32, sharding=self.batch_sharding)
+        if not self.host_crops:
+            return {"image": images(side, side), "index": index}
+        views = self.method.recipe.views
+        counts = {s: sum(v.size == s for v in views) for s in self.method.recipe.sizes}
+        return {**{f"crops_{s}": images(k, s, s) for s, k in counts.items()}, "index": index}
 
 
 def build_program(config, mesh) -> Program:
@@ -95,6 +102,7 @@ def build_program(config, mesh) -> Program:
     import numpy as np
 
     from sslax import methods, parallel
+    from sslax.data import pipeline
 
     method = methods.get(config.method).make(config)
     sample = np.zeros((1, config.image_size, config.image_size, 3), np.uint8)
@@ -121,26 +129,128 @@ def build_program(config, mesh) -> Program:
             in_shardings=(state_shardings, batch_sharding, replicated),
             out_shardings=(state_shardings, replicated),
         ),
+        host_crops=pipeline.has_variable_size(config.dataset, config.data_dir or None),
     )
 
 
-def _train_batches(config, source, sharding, first_step: int) -> Iterator:
-    """The global batches of steps ``first_step..total_steps-1``, from this process's rows."""
-    from sslax import parallel
-    from sslax.data import pipeline
+class _InputFeed:
+    """The global batches of steps ``first_step..total_steps-1``, built ahead in a thread.
 
-    rows = parallel.local_batch_rows(sharding, config.batch_size)
-    local_batches = pipeline.train_batches(
-        source,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        start_step=first_step,
-        end_step=config.total_steps,
-        rows=rows,
-    )
-    for local in local_batches:
-        fields = {k: local[k] for k in ("image", "index")}
-        yield parallel.global_batch(fields, rows, sharding, config.batch_size)
+    This process reads its rows (:func:`sslax.data.pipeline.train_batches`, decoding in
+    ``data_workers`` processes for photos) and a thread puts the next ``prefetch_batches`` on
+    the devices while the current step runs. It counts what the loop reports: the records
+    skipped as undecodable and the seconds the loop waited for a batch.
+    """
+
+    def __init__(self, config, program: Program, source, first_step: int):
+        from sslax import parallel
+        from sslax.data import images, pipeline
+
+        rows = parallel.local_batch_rows(program.batch_sharding, config.batch_size)
+        crops = images.TrainCrops.for_recipe(
+            program.method.recipe, config.seed, config.dct_downscale
+        )
+        workers = pipeline.workers_for(source, config.data_workers)
+        local_batches = pipeline.train_batches(
+            source,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            start_step=first_step,
+            end_step=config.total_steps,
+            rows=rows,
+            crops=crops if program.host_crops else None,
+            workers=workers,
+        )
+        self.skipped = 0
+        self.wait_s = 0.0
+
+        def on_devices(local):
+            fields = {k: v for k, v in local.items() if k not in pipeline.HOST_FIELDS}
+            skipped = int(local["skipped"].sum()) if "skipped" in local else 0
+            if skipped:
+                pipeline.warn_bad_files(local["bad_files"])
+            batch = parallel.global_batch(fields, rows, program.batch_sharding, config.batch_size)
+            return batch, skipped
+
+        self._local = local_batches
+        self._batches = _prefetch(map(on_devices, local_batches), config.prefetch_batches)
+        self._front = None
+
+    def close(self) -> None:
+        """Stops the prefetch thread and the decoding workers."""
+        from sslax.data import pipeline
+
+        self._batches.close()
+        pipeline.close(self._local)
+
+    def put_back(self, batch) -> None:
+        """Makes ``batch`` (just taken, to compile the step) the next one again."""
+        self._front = batch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._front is not None:
+            batch, self._front = self._front, None
+            return batch
+        start = time.perf_counter()
+        try:
+            batch, skipped = next(self._batches)
+        finally:
+            self.wait_s += time.perf_counter() - start
+        self.skipped += skipped
+        return batch
+
+
+def _prefetch(iterator: Iterator, depth: int) -> Iterator:
+    """``iterator``'s items, computed ``depth`` ahead in a thread (0: none); errors re-raised."""
+    import queue
+    import threading
+
+    if depth <= 0:
+        yield from iterator
+        return
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():  # the consumer may stop early (preemption, an error)
+            try:
+                items.put(entry, timeout=0.5)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def fill():
+        try:
+            for item in iterator:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as e:  # handed to the consumer, which raises it as its own
+            put((done, e))
+
+    threading.Thread(target=fill, daemon=True, name="sslax-input").start()
+    try:
+        while True:
+            item, error = items.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def run_keys(seed: int):
+    """(init key, step key) of a run: the step key is the ``rng`` of every train step."""
+    import jax
+
+    return tuple(jax.random.split(jax.random.key(seed)))
 
 
 def params_checksum(params) -> str:
@@ -240,13 +350,24 @@ class _StepMetrics:
     evaluation time left out.
     """
 
-    def __init__(self, first_step: int, batch_size: int):
+    def __init__(self, first_step: int, batch_size: int, feed: _InputFeed):
         self._pending: list = []  # (step, metrics), fetched or not
         self._batch_size = batch_size
         self._first_step = first_step
         self._start = self._interval_start = time.time()
         self._interval_first = first_step
         self.throughput: list[float] = []
+        # Input waits: the loop's seconds blocked on the next batch, per interval and in all.
+        self._feed = feed
+        self._wait_start = self._interval_wait = feed.wait_s
+        self._timed_s = 0.0
+
+    @property
+    def input_wait_share(self) -> float | None:
+        """The share of the timed training intervals spent waiting for input."""
+        if not self._timed_s:
+            return None
+        return (self._feed.wait_s - self._wait_start) / self._timed_s
 
     def add(self, step: int, metrics) -> None:
         self._pending.append((step, metrics))
@@ -279,7 +400,12 @@ class _StepMetrics:
         self.throughput.append(images_per_s)
         record = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         record["images_per_s"] = images_per_s
+        record["input_wait_share"] = (self._feed.wait_s - self._interval_wait) / (
+            now - self._interval_start
+        )
+        self._timed_s += now - self._interval_start
         self._interval_start, self._interval_first = now, step
+        self._interval_wait = self._feed.wait_s
         return record
 
     def eta_s(self, step: int, total_steps: int) -> float:
@@ -514,7 +640,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
 
     start_time = time.time()
     program = build_program(config, mesh)
-    init_key, step_key = jax.random.split(jax.random.key(config.seed))
+    init_key, step_key = run_keys(config.seed)
     train_source, test_source = _sources(config)
     init_state = program.init(init_key)
 
@@ -542,7 +668,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
     )
 
     if first_step < config.total_steps:
-        batches = _train_batches(config, train_source, program.batch_sharding, first_step)
+        batches = _InputFeed(config, program, train_source, first_step)
         first_batch = next(batches)
         t = time.time()
         compiled = program.step.lower(state, first_batch, step_key).compile()
@@ -555,15 +681,19 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
         )
         last_saved = first_step if restored is not None else None
         saver = _Saver(checkpoints, config, program.state_shapes, workdir, last_saved)
-        outcome = _train(
-            config,
-            state,
-            first_step,
-            itertools.chain([first_batch], batches),
-            lambda state, batch: compiled(state, batch, step_key),
-            _Hooks(log=log, saver=saver, evaluator=evaluator, log_hook=log_hook),
-            workdir,
-        )
+        batches.put_back(first_batch)
+        try:
+            outcome = _train(
+                config,
+                state,
+                first_step,
+                batches,
+                lambda state, batch: compiled(state, batch, step_key),
+                _Hooks(log=log, saver=saver, evaluator=evaluator, log_hook=log_hook),
+                workdir,
+            )
+        finally:
+            batches.close()
         outcome.compile_s = compile_s
         if outcome.preempted:
             checkpoints.close()
@@ -588,11 +718,18 @@ def _sources(config):
     from sslax import configs
     from sslax.data import pipeline
 
-    data_dir = config.data_dir or None
-    train, test = (
-        pipeline.get_source(config.dataset, split, image_size=config.image_size, data_dir=data_dir)
-        for split in (config.train_split, config.eval_split)
-    )
+    def source(split, classes=None):
+        return pipeline.get_source(
+            config.dataset,
+            split,
+            image_size=config.image_size,
+            data_dir=config.data_dir or None,
+            crop_fraction=config.crop_fraction,
+            classes=classes,
+        )
+
+    train = source(config.train_split)
+    test = source(config.eval_split, getattr(train, "classes", None))
     configs.check_split_sizes(config, len(train), len(test))
     return train, test
 
@@ -619,6 +756,8 @@ class _Outcome:
     preempted: bool = False
     evaluation: dict = dataclasses.field(default_factory=dict)
     throughput: list = dataclasses.field(default_factory=list)
+    input_wait_share: float | None = None
+    skipped_images: int = 0
     collapse_warning_step: int | None = None
     compile_s: float = 0.0
 
@@ -633,10 +772,12 @@ class _Hooks:
     log_hook: Callable | None
 
 
-def _train(config, state, step, batches, train_step, hooks: _Hooks, workdir) -> _Outcome:
+def _train(
+    config, state, step, batches: _InputFeed, train_step, hooks: _Hooks, workdir
+) -> _Outcome:
     """The loop: a step, then logging, saving, a preemption stop and evaluation, when due."""
     log, saver, total = hooks.log, hooks.saver, config.total_steps
-    step_metrics = _StepMetrics(step, config.batch_size)
+    step_metrics = _StepMetrics(step, config.batch_size, batches)
     collapse = _CollapseWatch(config, log)
     preemption = _PreemptionWatch()
     profiler = _Profiler(config.get("profile_steps", ()), step, workdir, log)
@@ -657,6 +798,7 @@ def _train(config, state, step, batches, train_step, hooks: _Hooks, workdir) -> 
                 step_metrics.fetch(saver.kept)
             if log_now:
                 record = step_metrics.record(step)
+                record["skipped_images"] = _sum_over_processes(batches.skipped)
                 if hooks.log_hook is not None:
                     record.update(hooks.log_hook(step, state))
                 log.train(step, record, step_metrics.eta_s(step, total))
@@ -685,8 +827,23 @@ def _train(config, state, step, batches, train_step, hooks: _Hooks, workdir) -> 
         preempted=preemption.requested,
         evaluation=evaluation,
         throughput=step_metrics.throughput,
+        input_wait_share=step_metrics.input_wait_share,
+        skipped_images=_sum_over_processes(batches.skipped),
         collapse_warning_step=collapse.warned_at,
     )
+
+
+def _sum_over_processes(count: int) -> int:
+    """``count`` summed over every process (each reads its own rows); a collective, so every
+    process calls it at the same step."""
+    import jax
+    import numpy as np
+
+    if jax.process_count() == 1:
+        return count
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.process_allgather(np.int64(count)).sum())
 
 
 def _results(config, outcome: _Outcome, baselines, history, start_time, workdir) -> dict:
@@ -709,6 +866,8 @@ def _results(config, outcome: _Outcome, baselines, history, start_time, workdir)
         "embedding_std": evaluation["eval_embedding_std"],
         "embedding_std_random_init": baselines["eval_embedding_std"],
         "images_per_s": float(np.median(outcome.throughput)) if outcome.throughput else None,
+        "input_wait_share": outcome.input_wait_share,
+        "skipped_images": outcome.skipped_images,
         "compile_s": outcome.compile_s,
         "params_checksum": params_checksum(outcome.state.params),
         "collapse_warning_step": outcome.collapse_warning_step,
@@ -780,23 +939,9 @@ def _print_summary(results: dict, log: _Logger):
 
 
 def _fail(message: str, code: int = 2) -> None:
-    print(f"sslax.train: error: {' '.join(str(message).split())}", file=sys.stderr)
-    sys.exit(code)
+    from sslax import cli
 
-
-def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, but any flag or config-override error is one line and exit code 2."""
-    try:
-        return flags.FLAGS(argv)
-    except Exception as e:  # flags.Error, and the KeyError/TypeError of config overrides
-        message = str(e)
-        if "Traceback" in message:
-            # A config file's get_config() raised: ml_collections wraps the whole traceback
-            # into the flag error; its last line is the exception that says what is wrong.
-            head = message.split("Traceback")[0].strip()
-            last = [line for line in message.splitlines() if line.strip()][-1].strip()
-            message = f"{head} {last}"
-        _fail(message)
+    cli.fail("sslax.train", message, code)
 
 
 def _start_distributed() -> None:
@@ -840,6 +985,7 @@ def main(argv: list[str], config_flag, workdir_flag) -> None:
         _fail(f"cannot load --config: {e}")
     # Before any backend starts: XLA reads its flags once. They depend on the model.
     runtime.use_tuned_xla_flags(config.model)
+    runtime.quiet_absent_tpu()
     _start_distributed()
 
     # orbax and grain log every save and read at INFO; the progress lines are ours.
@@ -896,24 +1042,16 @@ def _define_distributed_flags() -> None:
 
 def run() -> None:
     """The command line: flags are defined here, not at import, so importing has no effects."""
-    try:
-        # Loading the config file and applying --config.* overrides happens right here, when
-        # the flag is defined, so a bad override surfaces as an exception of this call.
-        config_flag = config_flags.DEFINE_config_file(
-            "config", str(DEFAULT_CONFIG), "Config file (a get_config() module).", lock_config=True
-        )
-    except (KeyError, AttributeError) as e:
-        field = str(e).strip("\"'")
-        _fail(f"unknown config field {field!r} in a --config.{field} override")
-    except Exception as e:
-        _fail(e)
+    from sslax import cli
+
+    config_flag = cli.define_config_flag("sslax.train", str(DEFAULT_CONFIG))
     workdir_flag = flags.DEFINE_string(
         "workdir", None, "Run folder; default: a new folder under ./runs/."
     )
     _define_distributed_flags()
     app.run(
         functools.partial(main, config_flag=config_flag, workdir_flag=workdir_flag),
-        flags_parser=_parse_flags,
+        flags_parser=cli.flags_parser("sslax.train"),
     )
 
 

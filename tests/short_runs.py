@@ -6,7 +6,7 @@ import pathlib
 from sslax import configs
 
 # Fields of results.json and metrics.jsonl that are clocks, not computations.
-TIMING = ("images_per_s", "compile_s", "wall_time_s", "workdir")
+TIMING = ("images_per_s", "input_wait_share", "compile_s", "wall_time_s", "workdir")
 
 # Each exercises logging, checkpointing and a mid-run evaluation at different steps; DINO also
 # its teacher, centre, frozen last layer and schedules.

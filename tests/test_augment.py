@@ -509,3 +509,21 @@ def test_sharded_batch_is_augmented_in_place():
     ops = ("all-gather", "all-to-all", "collective-permute", "all-reduce", "reduce-scatter")
     collectives = [line for line in hlo.splitlines() if any(op + "(" in line for op in ops)]
     assert not collectives, collectives
+
+
+def test_finish_crops_applies_the_rest_of_the_recipe_to_host_crops():
+    # Crops the host cut (here the whole square image, which the device's crop of scale and
+    # ratio 1 also takes) get the same flips, colours and blur as multi_crop gives the images.
+    images = jnp.asarray(random_uint8(3, (5, 16, 16, 3)))
+    whole = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), solarize_prob=0.3)
+    recipe = aug.dino_multicrop_recipe(16, 16, num_local=2)
+    recipe = aug.Recipe("whole", tuple(dataclasses.replace(v, **whole) for v in recipe.views))
+    key, indices = jax.random.key(4), jnp.arange(10, 15)
+    (ref,) = aug.multi_crop(key, images, recipe, indices=indices)
+    crops = (jnp.repeat(images[:, None], 4, axis=1),)
+    (out,) = aug.finish_crops(key, crops, recipe, indices=indices)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6)
+    (second,) = aug.finish_crops(key, crops, recipe, indices=indices, views=(1,))
+    np.testing.assert_allclose(np.asarray(second)[:, 0], np.asarray(out)[:, 1], atol=1e-6)
+    with pytest.raises(ValueError, match="needs host crops of shapes"):
+        aug.finish_crops(key, (crops[0][:, :3],), recipe, indices=indices)

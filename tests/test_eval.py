@@ -124,6 +124,7 @@ def _eval_cli(args, data_dir, **extra_env):
     )
 
 
+@pytest.mark.slow  # CI's time budget (50 s); the command's errors stay in the default suite
 def test_eval_command_on_a_short_run(tmp_path, data_dir):
     workdir = tmp_path / "run"
     # A mesh of fixed size, then evaluation on a machine with another device count.

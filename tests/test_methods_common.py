@@ -143,7 +143,8 @@ def _tiny(method):
     return config
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol"])
+# BYOL (its target network) under -m slow, for CI's time budget.
+@pytest.mark.parametrize("method", ["simclr", pytest.param("byol", marks=pytest.mark.slow)])
 def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state(method):
     from sslax import methods
 

@@ -44,16 +44,19 @@ def check_written(out, result, heads):
         assert config["total_steps"] == 4
 
 
+@pytest.mark.slow  # CI's time budget: the sweep's runs take 45 s
 def test_writes_json_and_png(report):
     check_written(*report, heads=["none"])
 
 
+@pytest.mark.slow  # CI's time budget: the sweep's runs take 45 s
 def test_without_a_head_z_is_h(report):
     none = report[1]["heads"]["none"]
     assert none["knn_top1_z"] == none["knn_top1_h"]
     assert none["linear_top1_z"] == none["linear_top1_h"]
 
 
+@pytest.mark.slow  # CI's time budget: the sweep's runs take 45 s
 def test_a_finished_sweep_is_read_back(report, capsys):
     out, result = report
     assert projection_head.run(out, heads=("none",), **TINY_RUN) == result

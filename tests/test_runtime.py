@@ -102,3 +102,20 @@ def test_tuned_flags_change_the_compiled_step_but_not_its_results():
     assert tuned["loss"] == pytest.approx(default["loss"], rel=1e-5)
     for a, b in zip(tuned["grads"], default["grads"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_an_absent_tpu_is_probed_quietly_and_a_present_one_left_alone(monkeypatch):
+    import glob
+    import importlib.util
+
+    monkeypatch.setattr(runtime, "_backends_started", lambda: False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    for name in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(glob, "glob", lambda pattern: [])  # no TPU chips here
+    assert runtime.quiet_absent_tpu()
+    assert os.environ["TPU_WORKER_HOSTNAMES"] == "localhost"
+    monkeypatch.delenv("TPU_ACCELERATOR_TYPE")
+    monkeypatch.delenv("TPU_WORKER_HOSTNAMES")
+    monkeypatch.setattr(glob, "glob", lambda pattern: ["/dev/accel0"])  # a TPU VM
+    assert not runtime.quiet_absent_tpu() and "TPU_ACCELERATOR_TYPE" not in os.environ

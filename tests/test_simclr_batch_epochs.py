@@ -35,6 +35,7 @@ def test_cells_follow_the_papers_rules(batch, epochs, rule, steps, peak):
     assert batch_epochs._peak(config) == pytest.approx(peak)
 
 
+@pytest.mark.slow  # CI's time budget (30 s); the cell rules above stay in the default suite
 def test_a_cell_runs_end_to_end_and_is_reused(tmp_path):
     tiny = {k: v for k, v in sweep.TINY.items() if k not in ("batch_size", "image_size")}
     settings = dict(

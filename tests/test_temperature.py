@@ -69,6 +69,7 @@ def check_written(out, report, taus):
         assert r["uniformity"] <= 0.0 <= r["alignment"]
 
 
+@pytest.mark.slow  # CI's time budget; the closed forms above stay in the default suite
 def test_smoke_run_writes_json_and_png(tmp_path):
     # One run in the default suite: a ResNet compile and an evaluation, ~20 s on 2 cores.
     report = temperature.run(tmp_path, taus=(0.2,), **TINY_RUN)

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from sslax import augment, losses
+from sslax import losses
 from sslax.methods import common
 from sslax.models import MLPHead
 
@@ -116,8 +116,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     loss_of = objective(config)
 
     def train_step(state, batch, rng):
-        step_key = jax.random.fold_in(rng, state.step)
-        views = augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
+        step_key = common.step_key(rng, state.step)
+        views = common.two_views(step_key, batch, recipe)
 
         def loss_fn(params):
             z1, z2, batch_stats = common.embed_views_separately(
@@ -135,6 +135,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         return new_state, metrics
 
     return common.Method(
+        recipe=recipe,
         init=common.state_initializer(model, tx),
         train_step=train_step,
         encode=common.encoder_of(model),

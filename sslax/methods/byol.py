@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax import augment, losses
+from sslax import losses
 from sslax.methods import common
 from sslax.models import MLPHead
 
@@ -126,10 +126,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         )
 
     def train_step(state, batch, rng):
-        step_key = jax.random.fold_in(rng, state.step)
-        views = common.flatten_views(
-            augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
-        )
+        step_key = common.step_key(rng, state.step)
+        views = common.flatten_views(common.two_views(step_key, batch, recipe))
 
         if stop_gradient:
             # Training-mode BN, as for the online network; the target's own running statistics
@@ -168,5 +166,5 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         return new_state, metrics
 
     return common.Method(
-        init=init, train_step=train_step, encode=common.encoder_of(model, "encoder")
+        recipe=recipe, init=init, train_step=train_step, encode=common.encoder_of(model, "encoder")
     )

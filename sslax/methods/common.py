@@ -29,16 +29,26 @@ class TrainState:
 class Method:
     """A method's pure functions.
 
+    recipe: the augmentation recipe of its views; the host cuts their crops from photos of
+      every size (:class:`sslax.data.images.TrainCrops`).
     init: (rng, images_uint8) -> TrainState.
-    train_step: (state, batch, rng) -> (state, metrics); batch holds "image" uint8 [N, S, S, 3]
-      and "index" int32 [N] global example indices; rng is the run's key (per-step and
-      per-example keys are folded in from the step and the example index).
+    train_step: (state, batch, rng) -> (state, metrics); batch holds "index" int32 [N] global
+      example indices and either "image" uint8 [N, S, S, 3] (cropped on the device) or the
+      host's "crops_<S>" uint8 [N, k, S, S, 3] (:func:`batch_views`); rng is the run's key
+      (per-step and per-example keys are folded in from the step and the example index).
     encode: (state, images_uint8) -> (h, z), evaluation mode, no augmentation.
     """
 
+    recipe: augment.Recipe
     init: Callable
     train_step: Callable
     encode: Callable
+    # (rng, step) -> the key the train step draws its views from; None: step_key.
+    view_key: Callable | None = None
+
+    def views(self, batch: dict, rng: jax.Array, step) -> tuple[jax.Array, ...]:
+        """The augmented views the train step makes of ``batch`` at ``step`` (previews)."""
+        return batch_views((self.view_key or step_key)(rng, step), batch, self.recipe)
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -139,7 +149,7 @@ def check_batch_size(config: ml_collections.ConfigDict, method: str, minimum: in
         raise ValueError(f"{method} needs batch_size >= {minimum} ({why}), got {config.batch_size}")
 
 
-RECIPES = ("simclr", "moco_v2", "byol")
+RECIPES = ("simclr", "moco_v2", "byol", "crop")
 
 
 def view_recipe(config: ml_collections.ConfigDict) -> augment.Recipe:
@@ -152,12 +162,50 @@ def view_recipe(config: ml_collections.ConfigDict) -> augment.Recipe:
         recipe = augment.moco_v2_recipe(config.image_size)
     elif config.recipe == "byol":
         recipe = augment.byol_recipe(config.image_size)
+    elif config.recipe == "crop":
+        recipe = augment.crop_recipe(config.image_size)
     else:
         raise ValueError(f"unknown recipe {config.recipe!r}; choose one of {', '.join(RECIPES)}")
     views = tuple(
         dataclasses.replace(v, crop_scale=(config.crop_min_scale, 1.0)) for v in recipe.views
     )
     return dataclasses.replace(recipe, views=views)
+
+
+def step_key(rng: jax.Array, step) -> jax.Array:
+    """The key of a step: the run's key folded with the step number."""
+    return jax.random.fold_in(rng, step)
+
+
+def split_step_key(rng: jax.Array, step) -> tuple[jax.Array, jax.Array]:
+    """The step's view key and a second key, for methods that draw more than views."""
+    return tuple(jax.random.split(step_key(rng, step)))
+
+
+def first_of_split_step_key(rng: jax.Array, step) -> jax.Array:
+    """The view key of :func:`split_step_key` (a ``Method.view_key``)."""
+    return split_step_key(rng, step)[0]
+
+
+def batch_views(
+    key: jax.Array, batch: dict, recipe: augment.Recipe, views: tuple[int, ...] | None = None
+) -> tuple[jax.Array, ...]:
+    """The augmented views of a training batch, grouped by size as :func:`augment.multi_crop`.
+
+    Fixed-size images (``batch["image"]``) are cropped on the device; photos of every size
+    arrive as the host's crops (``batch["crops_<S>"]``) and are finished there
+    (:func:`augment.finish_crops`). Both draw from ``key`` and the examples' global indices.
+    """
+    if "image" in batch:
+        return augment.multi_crop(key, batch["image"], recipe, indices=batch["index"], views=views)
+    crops = tuple(batch[f"crops_{size}"] for size in recipe.sizes)
+    return augment.finish_crops(key, crops, recipe, indices=batch["index"], views=views)
+
+
+def two_views(key: jax.Array, batch: dict, recipe: augment.Recipe) -> jax.Array:
+    """(N, 2, S, S, 3) float32 views of a two-view recipe (:func:`batch_views`)."""
+    (views,) = batch_views(key, batch, recipe)
+    return views
 
 
 def images_to_float(images: jax.Array) -> jax.Array:

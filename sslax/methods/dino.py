@@ -335,9 +335,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         )
 
     def train_step(state, batch, rng):
-        step_key = jax.random.fold_in(rng, state.step)
-        view_key, drop_key = jax.random.split(step_key)
-        crops = augment.multi_crop(view_key, batch["image"], recipe, indices=batch["index"])
+        view_key, drop_key = common.split_step_key(rng, state.step)
+        crops = common.batch_views(view_key, batch, recipe)
         teacher_temp = teacher_temperature(state.step, config)
 
         (_, t), teacher_updates = teacher.apply(
@@ -400,4 +399,10 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         }
         return new_state, metrics
 
-    return common.Method(init=init, train_step=train_step, encode=common.encoder_of(student))
+    return common.Method(
+        recipe=recipe,
+        init=init,
+        train_step=train_step,
+        encode=common.encoder_of(student),
+        view_key=common.first_of_split_step_key,
+    )

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax import augment, diagnostics, losses
+from sslax import diagnostics, losses
 from sslax.methods import common
 
 
@@ -216,9 +216,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         return -jnp.mean(jnp.sum(l2_normalize(q) * l2_normalize(k), axis=-1)) / temperature
 
     def train_step(state, batch, rng):
-        step_key = jax.random.fold_in(rng, state.step)
-        view_key, shuffle_key = jax.random.split(step_key)
-        views = augment.two_views(view_key, batch["image"], recipe, indices=batch["index"])
+        view_key, shuffle_key = common.split_step_key(rng, state.step)
+        views = common.two_views(view_key, batch, recipe)
         view1, view2 = jnp.unstack(views, axis=1)
         shuffle_keys = jax.random.split(shuffle_key)
 
@@ -270,4 +269,10 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         }
         return new_state, metrics
 
-    return common.Method(init=init, train_step=train_step, encode=common.encoder_of(model))
+    return common.Method(
+        recipe=recipe,
+        init=init,
+        train_step=train_step,
+        encode=common.encoder_of(model),
+        view_key=common.first_of_split_step_key,
+    )

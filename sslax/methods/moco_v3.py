@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax import augment, diagnostics
+from sslax import diagnostics
 from sslax.methods import common
 from sslax.models import Encoder
 
@@ -172,8 +172,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         )
 
     def train_step(state, batch, rng):
-        step_key = jax.random.fold_in(rng, state.step)
-        views = augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
+        step_key = common.step_key(rng, state.step)
+        views = common.two_views(step_key, batch, recipe)
         x1, x2 = jnp.unstack(views, axis=1)
 
         def momentum_keys(x):
@@ -230,5 +230,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         return new_state, metrics
 
     return common.Method(
-        init=init, train_step=train_step, encode=common.encoder_of(encoder, "encoder")
+        recipe=recipe,
+        init=init,
+        train_step=train_step,
+        encode=common.encoder_of(encoder, "encoder"),
     )

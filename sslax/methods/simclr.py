@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import PartitionSpec as P
 
-from sslax import augment, losses, parallel
+from sslax import losses, parallel
 from sslax.methods import common
 from sslax.models import heads
 
@@ -95,8 +95,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     chunk_size = config.simclr.loss_chunk_size
 
     def train_step(state, batch, rng):
-        step_key = jax.random.fold_in(rng, state.step)
-        views = augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
+        step_key = common.step_key(rng, state.step)
+        views = common.two_views(step_key, batch, recipe)
 
         def loss_fn(params):
             (_, z), updated = model.apply(
@@ -117,6 +117,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         return new_state, common.step_metrics(loss, z, grads, schedule(state.step))
 
     return common.Method(
+        recipe=recipe,
         init=common.state_initializer(model, tx),
         train_step=train_step,
         encode=common.encoder_of(model),

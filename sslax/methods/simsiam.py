@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax import augment, losses, optim
+from sslax import losses, optim
 from sslax.methods import common
 from sslax.models import MLPHead
 
@@ -120,10 +120,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         )
 
     def train_step(state, batch, rng):
-        step_key = jax.random.fold_in(rng, state.step)
-        views = common.flatten_views(
-            augment.two_views(step_key, batch["image"], recipe, indices=batch["index"])
-        )
+        step_key = common.step_key(rng, state.step)
+        views = common.flatten_views(common.two_views(step_key, batch, recipe))
 
         def loss_fn(params):
             (_, z), encoder_stats = common.apply_model(
@@ -143,5 +141,5 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         return new_state, common.step_metrics(loss, z, grads, schedule(state.step))
 
     return common.Method(
-        init=init, train_step=train_step, encode=common.encoder_of(model, "encoder")
+        recipe=recipe, init=init, train_step=train_step, encode=common.encoder_of(model, "encoder")
     )
