@@ -411,6 +411,7 @@ def evaluate_checkpoint(
                 image_size=config.image_size,
                 data_dir=data_dir,
                 crop_fraction=config.get("crop_fraction", 0.875),
+                dct_downscale=config.get("dct_downscale", True),
                 classes=getattr(sources.get("train"), "classes", None),
             )
     except pipeline.DatasetError as e:

@@ -173,7 +173,7 @@ class _InputFeed:
             return batch, skipped
 
         self._local = local_batches
-        self._batches = _prefetch(map(on_devices, local_batches), config.prefetch_batches)
+        self._batches = _Prefetch(map(on_devices, local_batches), config.prefetch_batches)
         self._front = None
 
     def close(self) -> None:
@@ -203,47 +203,64 @@ class _InputFeed:
         return batch
 
 
-def _prefetch(iterator: Iterator, depth: int) -> Iterator:
-    """``iterator``'s items, computed ``depth`` ahead in a thread (0: none); errors re-raised."""
-    import queue
-    import threading
+class _Prefetch:
+    """``iterator``'s items, computed ``depth`` ahead in a thread (0: none); errors re-raised.
 
-    if depth <= 0:
-        yield from iterator
-        return
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
+    ``close()`` stops the thread and waits for it: a thread still inside JAX when the
+    interpreter exits aborts the process (seen at a preemption stop).
+    """
 
-    def put(entry) -> bool:
-        while not stop.is_set():  # the consumer may stop early (preemption, an error)
+    def __init__(self, iterator: Iterator, depth: int):
+        import queue
+        import threading
+
+        self._iterator, self._depth = iterator, depth
+        self._items: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+        self._stop = threading.Event()
+        self._done = object()
+        self._thread = None
+        if depth > 0:
+            self._thread = threading.Thread(target=self._fill, daemon=True, name="sslax-input")
+            self._thread.start()
+
+    def _put(self, entry) -> bool:
+        import queue
+
+        while not self._stop.is_set():  # the consumer may stop early (preemption, an error)
             try:
-                items.put(entry, timeout=0.5)
+                self._items.put(entry, timeout=0.5)
                 return True
             except queue.Full:
                 pass
         return False
 
-    def fill():
+    def _fill(self) -> None:
         try:
-            for item in iterator:
-                if not put((item, None)):
+            for item in self._iterator:
+                if not self._put((item, None)):
                     return
-            put((done, None))
+            self._put((self._done, None))
         except BaseException as e:  # handed to the consumer, which raises it as its own
-            put((done, e))
+            self._put((self._done, e))
 
-    threading.Thread(target=fill, daemon=True, name="sslax-input").start()
-    try:
-        while True:
-            item, error = items.get()
-            if error is not None:
-                raise error
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._thread is None:
+            return next(self._iterator)
+        item, error = self._items.get()
+        if error is not None:
+            raise error
+        if item is self._done:
+            self._items.put((item, None))  # every later call ends too
+            raise StopIteration
+        return item
+
+    def close(self, timeout_s: float = 120.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)  # at most the batch being made
 
 
 def run_keys(seed: int):
@@ -726,6 +743,7 @@ def _sources(config):
             data_dir=config.data_dir or None,
             crop_fraction=config.crop_fraction,
             classes=classes,
+            dct_downscale=config.dct_downscale,
         )
 
     train = source(config.train_split)
