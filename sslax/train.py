@@ -214,7 +214,7 @@ class _Prefetch:
         import queue
         import threading
 
-        self._iterator, self._depth = iterator, depth
+        self._iterator = iterator
         self._items: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
         self._done = object()
