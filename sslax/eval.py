@@ -333,22 +333,24 @@ class TrainingEvaluator:
             out["linear_top1"] = linear_probe(h_train, train_labels, h_test, test_labels)["top1"]
         return out
 
-    def raw_pixels_top1(self) -> float:
-        """The same kNN on mean-centred raw pixels: the baseline a representation must beat."""
+    def raw_pixels(self) -> dict[str, float]:
+        """kNN and linear-probe top-1 of mean-centred raw pixels: what a representation must beat.
+
+        Returns ``{"knn_top1": ..., "linear_top1": ...}``, measured as for the network's h.
+        """
 
         def flat_pixels(images):
             x = images.reshape(len(images), -1).astype(np.float32)
             return x - x.mean(axis=1, keepdims=True)
 
         (train_images, train_labels), (test_images, test_labels) = self._train, self._test
-        return knn_top1(
-            flat_pixels(train_images),
-            train_labels,
-            flat_pixels(test_images),
-            test_labels,
-            k=self._k,
-            temperature=self._temperature,
-        )
+        train, test = flat_pixels(train_images), flat_pixels(test_images)
+        return {
+            "knn_top1": knn_top1(
+                train, train_labels, test, test_labels, k=self._k, temperature=self._temperature
+            ),
+            "linear_top1": linear_probe(train, train_labels, test, test_labels)["top1"],
+        }
 
 
 def scores(features: dict, labels: dict, *, k: int = 20, temperature: float = 0.07) -> dict:

@@ -679,9 +679,16 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
         config, program.method.encode, program.state_shardings, mesh, train_source, test_source
     )
     t = time.time()
-    baselines = {"raw_pixels_top1": evaluator.raw_pixels_top1(), **evaluator(init_state)}
+    raw_pixels = evaluator.raw_pixels()
+    baselines = {
+        "knn_top1_raw_pixels": raw_pixels["knn_top1"],
+        "linear_top1_raw_pixels": raw_pixels["linear_top1"],
+        **evaluator(init_state),
+    }
     log.print(
-        f"random-init network: kNN top-1 {baselines['knn_top1']:.4f} ({time.time() - t:.0f}s)"
+        f"random-init network: kNN top-1 {baselines['knn_top1']:.4f}; raw pixels: kNN top-1 "
+        f"{raw_pixels['knn_top1']:.4f}, linear top-1 {raw_pixels['linear_top1']:.4f} "
+        f"({time.time() - t:.0f}s)"
     )
 
     if first_step < config.total_steps:
@@ -880,7 +887,8 @@ def _results(config, outcome: _Outcome, baselines, history, start_time, workdir)
         "knn_top1": evaluation["knn_top1"],
         "linear_top1": evaluation.get("linear_top1"),
         "knn_top1_random_init": baselines["knn_top1"],
-        "knn_top1_raw_pixels": baselines["raw_pixels_top1"],
+        "knn_top1_raw_pixels": baselines["knn_top1_raw_pixels"],
+        "linear_top1_raw_pixels": baselines["linear_top1_raw_pixels"],
         "embedding_std": evaluation["eval_embedding_std"],
         "embedding_std_random_init": baselines["eval_embedding_std"],
         "images_per_s": float(np.median(outcome.throughput)) if outcome.throughput else None,
@@ -943,6 +951,7 @@ def _print_summary(results: dict, log: _Logger):
         ("linear probe top-1", fmt(results["linear_top1"], ".4f")),
         ("kNN top-1, random init", fmt(results["knn_top1_random_init"], ".4f")),
         ("kNN top-1, raw pixels", fmt(results["knn_top1_raw_pixels"], ".4f")),
+        ("linear top-1, raw pixels", fmt(results["linear_top1_raw_pixels"], ".4f")),
         ("embedding std", f"{results['embedding_std']:.4f} (collapsed: 0)"),
         ("images / s", fmt(results["images_per_s"], ",.0f")),
         ("wall time", _fmt_duration(results["wall_time_s"])),

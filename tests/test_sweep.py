@@ -40,3 +40,13 @@ def test_file_config_is_the_recipe_file_with_overrides():
     assert (config.optimizer, config.simsiam.stop_gradient, config.total_steps) == ("sgd", False, 7)
     with pytest.raises(KeyError):
         sweep.file_config("simsiam", {"simsiam.stop_gradiet": False})
+
+
+def test_experiments_keep_the_views_they_were_measured_with():
+    # The laptop default moved (issue 19); the experiments' recorded numbers used these.
+    bare = sweep.laptop_config("simclr", {})
+    assert (bare.augment_strength, bare.crop_min_scale, bare.temperature) == (1.0, 0.25, 0.5)
+    assert sweep.laptop_config("simclr", {"augment_strength": 2.0}).augment_strength == 2.0
+    moco = sweep.file_config("moco_v2", {})
+    assert (moco.augment_strength, moco.crop_min_scale) == (1.0, 0.25)
+    assert moco.temperature == 0.2  # the method file's own, not the pinned SimCLR one

@@ -48,10 +48,13 @@ def test_main_command_writes_every_output_and_summary(tmp_path, data_dir):
         "final_loss",
         "knn_top1",
         "knn_top1_random_init",
+        "knn_top1_raw_pixels",
+        "linear_top1_raw_pixels",
         "embedding_std",
         "params_checksum",
     ):
         assert key in results, key
+    assert 0.0 <= results["linear_top1_raw_pixels"] <= 1.0
     assert results["method"] == "simclr" and results["steps"] == 4
     assert 0.0 <= results["knn_top1"] <= 1.0 and results["embedding_std"] > 0.01
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -71,6 +74,7 @@ def test_main_command_writes_every_output_and_summary(tmp_path, data_dir):
     assert 1.0 <= evaluation[0]["effective_rank"] <= 16  # proj_dim 16 in TINY
     assert results["linear_top1"] == evaluation[0]["linear_top1"]
     assert "linear probe top-1" in result.stdout
+    assert "linear top-1, raw pixels" in result.stdout
 
 
 # Resume is also covered in the default suite by test_faults.py (SIGKILL and restart) and

@@ -7,8 +7,12 @@ training loop of sslax.train was split into named pieces (issue 16), so that
 tests/test_train_loop.py can show the split changed no bit; and again when issue 17 laid the
 views out image-major, which changes the order of floating-point sums (BatchNorm statistics,
 the losses): every metric moved by at most 6e-6 of its value (the largest: DINO's embedding
-std), the kNN and probe accuracies not at all. The runs use the test setting
-(8 simulated CPU devices, sslax's XLA:CPU flags), the same as under pytest.
+std), the kNN and probe accuracies not at all. Issue 19 recorded it again for the new laptop
+views and temperature, which change the SimCLR run; the DINO run, whose views and loss do not
+read them, kept every number but the alignment and effective rank of the evaluation views
+(drawn with the laptop views), and both gained ``linear_top1_raw_pixels``
+(``skipped_images``, written by the recorder but not compared, was taken out by hand). The
+runs use the test setting (8 simulated CPU devices, sslax's XLA:CPU flags), as under pytest.
 """
 
 import json
