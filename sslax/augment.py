@@ -567,15 +567,33 @@ def byol_recipe(size: int) -> Recipe:
 
 
 def dino_multicrop_recipe(
-    global_size: int = 224, local_size: int = 96, num_local: int = 8
+    global_size: int = 224,
+    local_size: int = 96,
+    num_local: int = 8,
+    jitter_strength: float = 1.0,
 ) -> Recipe:
     """DINO multi-crop: two global crops, scale (0.4, 1), then ``num_local`` local crops,
     scale (0.05, 0.4). Jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale 0.2, flip 0.5;
     blur p 1.0 on global 1, 0.1 (plus solarize 0.2) on global 2, 0.5 on locals.
 
+    ``jitter_strength`` s scales the jitter strengths, as SimCLR's colour strength does
+    (hue capped at 0.5); 1 is DINO's recipe.
+
     DINO blurs with PIL's ``GaussianBlur(radius=sigma)``, which has no kernel cap; here
-    the blur is torchvision's with the 10%-of-side kernel, as in the other recipes."""
-    base = ViewRecipe(size=global_size, crop_scale=(0.4, 1.0), saturation=0.2)
+    the blur is torchvision's with the 10%-of-side kernel, as in the other recipes.
+
+    >>> dino_multicrop_recipe(32, 16, 2, jitter_strength=6.0).views[2].hue
+    0.5
+    """
+    s = jitter_strength
+    base = ViewRecipe(
+        size=global_size,
+        crop_scale=(0.4, 1.0),
+        brightness=0.4 * s,
+        contrast=0.4 * s,
+        saturation=0.2 * s,
+        hue=min(0.1 * s, 0.5),
+    )
     global_1 = dataclasses.replace(base, blur_prob=1.0)
     global_2 = dataclasses.replace(base, blur_prob=0.1, solarize_prob=0.2)
     local = dataclasses.replace(base, size=local_size, crop_scale=(0.05, 0.4), blur_prob=0.5)

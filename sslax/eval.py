@@ -278,12 +278,22 @@ class TrainingEvaluator:
     of z on the held-out images (``eval_embedding_std``), the alignment, uniformity and effective
     rank of z on two augmented views of the first ``diagnostics_examples`` held-out images
     (views made once, from key ``seed + 1``, so every evaluation sees the same ones), and with
-    ``linear`` the linear-probe top-1 of h (``linear_top1``). kNN and the probe train on the
-    first ``knn_train_examples`` images of the training split and test on the first
-    ``knn_test_examples`` of the held-out one.
+    ``linear`` the linear-probe top-1 of h (``linear_top1``) and, given ``ema_encode`` (the
+    method's moving-average network), that network's kNN top-1 (``knn_top1_ema``). kNN and the
+    probe train on the first ``knn_train_examples`` images of the training split and test on
+    the first ``knn_test_examples`` of the held-out one.
     """
 
-    def __init__(self, config, encode: Callable, state_shardings, mesh, train_source, test_source):
+    def __init__(
+        self,
+        config,
+        encode: Callable,
+        state_shardings,
+        mesh,
+        train_source,
+        test_source,
+        ema_encode: Callable | None = None,
+    ):
         from sslax import augment
         from sslax.data import pipeline
         from sslax.methods import common
@@ -297,11 +307,10 @@ class TrainingEvaluator:
             test_source, max_examples=config.knn_test_examples, workers=workers
         )
         subset = self._test[0][: config.diagnostics_examples]
-        self._features = feature_extractor(
-            encode,
-            state_shardings,
-            mesh,
-            largest=max(len(self._train[0]), len(self._test[0]), 2 * len(subset)),
+        largest = max(len(self._train[0]), len(self._test[0]), 2 * len(subset))
+        self._features = feature_extractor(encode, state_shardings, mesh, largest=largest)
+        self._ema_features = ema_encode and feature_extractor(
+            ema_encode, state_shardings, mesh, largest=largest
         )
         recipe = common.view_recipe(config)
         indices = jnp.arange(len(subset), dtype=jnp.int32)
@@ -331,6 +340,13 @@ class TrainingEvaluator:
         }
         if linear:
             out["linear_top1"] = linear_probe(h_train, train_labels, h_test, test_labels)["top1"]
+        if linear and self._ema_features:
+            (h_train, _), (h_test, _) = (
+                self._ema_features(state, x) for x in (train_images, test_images)
+            )
+            out["knn_top1_ema"] = knn_top1(
+                h_train, train_labels, h_test, test_labels, k=self._k, temperature=self._temperature
+            )
         return out
 
     def raw_pixels(self) -> dict[str, float]:

@@ -676,7 +676,13 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
     _note_clipped_warmups(config, log)
 
     evaluator = sslax_eval.TrainingEvaluator(
-        config, program.method.encode, program.state_shardings, mesh, train_source, test_source
+        config,
+        program.method.encode,
+        program.state_shardings,
+        mesh,
+        train_source,
+        test_source,
+        ema_encode=program.method.ema_encode,
     )
     t = time.time()
     raw_pixels = evaluator.raw_pixels()
@@ -886,6 +892,7 @@ def _results(config, outcome: _Outcome, baselines, history, start_time, workdir)
         "final_loss": losses_logged[-1] if losses_logged else None,
         "knn_top1": evaluation["knn_top1"],
         "linear_top1": evaluation.get("linear_top1"),
+        "knn_top1_ema": evaluation.get("knn_top1_ema"),
         "knn_top1_random_init": baselines["knn_top1"],
         "knn_top1_raw_pixels": baselines["knn_top1_raw_pixels"],
         "linear_top1_raw_pixels": baselines["linear_top1_raw_pixels"],
@@ -949,6 +956,11 @@ def _print_summary(results: dict, log: _Logger):
         ("final loss", fmt(results["final_loss"], ".4f")),
         ("kNN top-1 (held-out)", fmt(results["knn_top1"], ".4f")),
         ("linear probe top-1", fmt(results["linear_top1"], ".4f")),
+        *(
+            [("kNN top-1, EMA network", fmt(results["knn_top1_ema"], ".4f"))]
+            if results["knn_top1_ema"] is not None
+            else []
+        ),
         ("kNN top-1, random init", fmt(results["knn_top1_random_init"], ".4f")),
         ("kNN top-1, raw pixels", fmt(results["knn_top1_raw_pixels"], ".4f")),
         ("linear top-1, raw pixels", fmt(results["linear_top1_raw_pixels"], ".4f")),

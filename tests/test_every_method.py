@@ -57,6 +57,10 @@ def test_method_trains_from_the_main_command(name, tmp_path, data_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["method"] == name and results["steps"] == STEPS
+    # The moving-average network's kNN, for the methods that have one.
+    ema = results["knn_top1_ema"]
+    assert (ema is not None) == (name in ("byol", "moco_v2", "moco_v3", "dino")), ema
+    assert ema is None or 0.0 <= ema <= 1.0
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
     logged = [r for r in records if "loss" in r]
     assert [r["step"] for r in logged] == list(range(1, STEPS + 1))

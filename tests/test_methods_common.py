@@ -161,3 +161,49 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state(method):
     # And the network does compute in bfloat16 (a float32 run lowers to no bf16 value at all).
     hlo = jax.jit(m.train_step).lower(state, batch, jax.random.key(1)).as_text()
     assert "bf16" in hlo
+
+
+EMA_METHODS = ("byol", "moco_v2", "moco_v3", "dino")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # 10 s each: MoCo's in the slow suite (CI's time budget).
+        pytest.param(n, marks=pytest.mark.slow) if n.startswith("moco") else n
+        for n in EMA_METHODS + ("simclr", "simsiam", "barlow_twins", "vicreg")
+    ],
+)
+def test_ema_encode_reads_the_moving_average_network_and_only_it(name):
+    from sslax import methods
+
+    config = configs.shapes_config(name)
+    config.update(image_size=16, width=0.125, proj_hidden_dim=32, proj_dim=16)
+    if name == "dino":
+        config.dino.update(local_size=8, out_dim=32, hidden_dim=32, bottleneck_dim=16)
+    method = methods.get(name).make(config)
+    if name not in EMA_METHODS:
+        assert method.ema_encode is None
+        return
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    state = jax.jit(method.init)(jax.random.key(0), images[:1])
+    field = "teacher_params" if name == "dino" else "target_params"
+    moved = state.replace(**{field: jax.tree.map(lambda p: 0.5 * p, getattr(state, field))})
+
+    @jax.jit
+    def features(state, moved):
+        return [f(s, images)[0] for f in (method.encode, method.ema_encode) for s in (state, moved)]
+
+    online, online_moved, ema, ema_moved = features(state, moved)
+    # The moving average starts as a copy of the online network, and only it moves here.
+    np.testing.assert_array_equal(ema, online)
+    np.testing.assert_array_equal(online_moved, online)
+    assert not np.allclose(ema_moved, online)
+
+
+def test_byol_without_stop_gradient_has_no_moving_average_network():
+    from sslax import methods
+
+    config = configs.shapes_config("byol")
+    config.byol.stop_gradient = False
+    assert methods.get("byol").make(config).ema_encode is None

@@ -32,9 +32,12 @@ def test_a_short_run_is_bit_identical_to_the_run_recorded_before_the_loop_was_sp
     extra = {"profile_steps": (1, 3)} if name == "simclr" else {}
     now = short_run(name, tmp_path / name, **extra)
     recorded = GOLDEN["runs"][name]
-    # Issue 18 added the count of undecodable images skipped, 0 for the built-in data.
+    # Issue 18 added the count of undecodable images skipped, 0 for the built-in data; issue 19
+    # the kNN of DINO's teacher, evaluated beside the student (None for SimCLR).
     for record in now["metrics"] + [now["results"]]:
         assert record.pop("skipped_images", 0) == 0
+        ema = record.pop("knn_top1_ema", None)
+        assert (ema is not None) == (name == "dino" and "linear_top1" in record), record
     assert now["metrics"] == recorded["metrics"]
     assert now["results"] == recorded["results"]
     if extra:

@@ -166,5 +166,9 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         return new_state, metrics
 
     return common.Method(
-        recipe=recipe, init=init, train_step=train_step, encode=common.encoder_of(model, "encoder")
+        recipe=recipe,
+        init=init,
+        train_step=train_step,
+        encode=common.encoder_of(model, "encoder"),
+        ema_encode=common.encoder_of(model, **common.TARGET_FIELDS) if stop_gradient else None,
     )

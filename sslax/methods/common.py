@@ -37,6 +37,9 @@ class Method:
       host's "crops_<S>" uint8 [N, k, S, S, 3] (:func:`batch_views`); rng is the run's key
       (per-step and per-example keys are folded in from the step and the example index).
     encode: (state, images_uint8) -> (h, z), evaluation mode, no augmentation.
+    ema_encode: the same for the method's moving-average network (BYOL's target, MoCo's key
+      encoder, DINO's teacher); None for methods without one. Evaluated beside ``encode``:
+      DINO's official kNN evaluation reads the teacher, BYOL's and MoCo's the online network.
     """
 
     recipe: augment.Recipe
@@ -45,6 +48,7 @@ class Method:
     encode: Callable
     # (rng, step) -> the key the train step draws its views from; None: step_key.
     view_key: Callable | None = None
+    ema_encode: Callable | None = None
 
     def views(self, batch: dict, rng: jax.Array, step) -> tuple[jax.Array, ...]:
         """The augmented views the train step makes of ``batch`` at ``step`` (previews)."""
@@ -274,20 +278,28 @@ def state_initializer(model, tx) -> Callable:
     return init
 
 
-def encoder_of(model, part: str | None = None) -> Callable:
+# Where BYOL and MoCo keep their moving-average network in the state (encoder_of's fields).
+TARGET_FIELDS = {"params": "target_params", "batch_stats": "target_batch_stats"}
+
+
+def encoder_of(
+    model, part: str | None = None, *, params: str = "params", batch_stats: str = "batch_stats"
+) -> Callable:
     """``encode(state, images) -> (h, z)`` in evaluation mode.
 
-    ``part`` names the entry of ``state.params``/``state.batch_stats`` that holds ``model``'s
-    variables when the state carries more networks (``"encoder"`` beside a predictor).
+    ``params`` and ``batch_stats`` name the state's fields that hold ``model``'s variables
+    (``"target_params"``, ``"target_batch_stats"`` for a moving-average network); ``part``
+    names their entry when those fields carry more networks (``"encoder"`` beside a predictor).
     """
 
     def encode(state, images):
-        params, batch_stats = state.params, state.batch_stats
+        variables = {
+            "params": getattr(state, params),
+            "batch_stats": getattr(state, batch_stats),
+        }
         if part is not None:
-            params, batch_stats = params[part], batch_stats[part]
-        return model.apply(
-            {"params": params, "batch_stats": batch_stats}, images_to_float(images), train=False
-        )
+            variables = {name: tree[part] for name, tree in variables.items()}
+        return model.apply(variables, images_to_float(images), train=False)
 
     return encode
 

@@ -69,6 +69,7 @@ def defaults() -> ml_collections.ConfigDict:
     # Multi-crop: two global crops at config.image_size, num_local crops at local_size.
     c.local_size = 16
     c.num_local = 4
+    c.jitter_strength = 1.0  # scales the colour jitter of every crop; 1: DINO's
     # Teacher.
     c.teacher_momentum_base = 0.996
     c.student_temp = 0.1
@@ -243,6 +244,7 @@ def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1
             "num_layers": common.AT_LEAST_ONE,
             "num_local": common.NON_NEGATIVE,
             "local_size": common.AT_LEAST_ONE,
+            "jitter_strength": common.NON_NEGATIVE,
             "student_temp": common.POSITIVE,
             "teacher_temp": common.POSITIVE,
             "warmup_teacher_temp": common.POSITIVE,
@@ -318,7 +320,10 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     wd = weight_decay_schedule(config)
     tx = optimizer(config, lr, wd)
     recipe = augment.dino_multicrop_recipe(
-        global_size=config.image_size, local_size=cfg.local_size, num_local=cfg.num_local
+        global_size=config.image_size,
+        local_size=cfg.local_size,
+        num_local=cfg.num_local,
+        jitter_strength=cfg.jitter_strength,
     )
 
     def init(rng, images):
@@ -404,5 +409,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         init=init,
         train_step=train_step,
         encode=common.encoder_of(student),
+        ema_encode=common.encoder_of(
+            teacher, params="teacher_params", batch_stats="teacher_batch_stats"
+        ),
         view_key=common.first_of_split_step_key,
     )

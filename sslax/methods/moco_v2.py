@@ -274,5 +274,6 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         init=init,
         train_step=train_step,
         encode=common.encoder_of(model),
+        ema_encode=common.encoder_of(model, **common.TARGET_FIELDS),
         view_key=common.first_of_split_step_key,
     )

@@ -234,4 +234,5 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         init=init,
         train_step=train_step,
         encode=common.encoder_of(encoder, "encoder"),
+        ema_encode=common.encoder_of(encoder, **common.TARGET_FIELDS),
     )
