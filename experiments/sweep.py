@@ -29,8 +29,8 @@ from sslax import configs
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 # The shared views and SimCLR temperature that every number in experiments/README.md was measured
-# with: the laptop setting before issue 19 retuned it (colour strength 3, crop area >= 50%,
-# tau 0.1, README "How the laptop recipe was found"). Pinned, so that each command still
+# with: the laptop setting before issue 19 retuned it to colour strength 3, crop area >= 50% and
+# tau 0.1 (README, "How the laptop recipe was found"). Pinned, so that each command still
 # reproduces its table; the experiments' own overrides (a method's temperature, a swept knob)
 # apply on top.
 MEASURED_VIEWS = {"augment_strength": 1.0, "crop_min_scale": 0.25}

@@ -309,8 +309,10 @@ class TrainingEvaluator:
         subset = self._test[0][: config.diagnostics_examples]
         largest = max(len(self._train[0]), len(self._test[0]), 2 * len(subset))
         self._features = feature_extractor(encode, state_shardings, mesh, largest=largest)
-        self._ema_features = ema_encode and feature_extractor(
-            ema_encode, state_shardings, mesh, largest=largest
+        self._ema_features = (
+            feature_extractor(ema_encode, state_shardings, mesh, largest=largest)
+            if ema_encode
+            else None
         )
         recipe = common.view_recipe(config)
         indices = jnp.arange(len(subset), dtype=jnp.int32)
@@ -330,9 +332,7 @@ class TrainingEvaluator:
         _, z_views = self._features(state, self._views)
         z1, z2 = z_views[0::2], z_views[1::2]
         out = {
-            "knn_top1": knn_top1(
-                h_train, train_labels, h_test, test_labels, k=self._k, temperature=self._temperature
-            ),
+            "knn_top1": self._knn(h_train, h_test),
             "eval_embedding_std": float(diagnostics.embedding_std(z_test)),
             "alignment": float(diagnostics.alignment(z1, z2)),
             "uniformity": float(diagnostics.uniformity(z1)),
@@ -340,14 +340,24 @@ class TrainingEvaluator:
         }
         if linear:
             out["linear_top1"] = linear_probe(h_train, train_labels, h_test, test_labels)["top1"]
-        if linear and self._ema_features:
+        if linear and self._ema_features is not None:
             (h_train, _), (h_test, _) = (
                 self._ema_features(state, x) for x in (train_images, test_images)
             )
-            out["knn_top1_ema"] = knn_top1(
-                h_train, train_labels, h_test, test_labels, k=self._k, temperature=self._temperature
-            )
+            out["knn_top1_ema"] = self._knn(h_train, h_test)
         return out
+
+    def _knn(self, train_features, test_features) -> float:
+        """kNN top-1 of features of the kNN train and test images, with the config's k and tau."""
+        (_, train_labels), (_, test_labels) = self._train, self._test
+        return knn_top1(
+            train_features,
+            train_labels,
+            test_features,
+            test_labels,
+            k=self._k,
+            temperature=self._temperature,
+        )
 
     def raw_pixels(self) -> dict[str, float]:
         """kNN and linear-probe top-1 of mean-centred raw pixels: what a representation must beat.
@@ -362,9 +372,7 @@ class TrainingEvaluator:
         (train_images, train_labels), (test_images, test_labels) = self._train, self._test
         train, test = flat_pixels(train_images), flat_pixels(test_images)
         return {
-            "knn_top1": knn_top1(
-                train, train_labels, test, test_labels, k=self._k, temperature=self._temperature
-            ),
+            "knn_top1": self._knn(train, test),
             "linear_top1": linear_probe(train, train_labels, test, test_labels)["top1"],
         }
 
