@@ -1,8 +1,8 @@
 """MoCo v2 on the built-in shapes dataset: the laptop scale of `--config.method=moco_v2`.
 
 The shapes base (narrow ResNet-18, 1000 steps at batch 256, colour strength 3, crop area >= 50%)
-with MoCo v2's choices: SGD with momentum 0.9 and weight decay 1e-4, temperature 0.2; the shapes-tuned SimCLR
-views rather than MoCo v2's weaker colour jitter, and the symmetric loss of solo-learn's MoCo
+with MoCo v2's choices: SGD with momentum 0.9 and weight decay 1e-4, temperature 0.2; the
+shapes-tuned SimCLR views rather than MoCo v2's weaker colour jitter, and the symmetric loss of solo-learn's MoCo
 v2+ (both views as queries), which doubles the training signal of a short run (together:
 kNN top-1 0.157 -> 0.185 after 800 steps with the earlier views, colour strength 1 and crop area
 >= 25%, at 1.6x the step time). The queue (4,096
