@@ -600,6 +600,38 @@ def dino_multicrop_recipe(
     return Recipe("dino", (global_1, global_2) + (local,) * num_local)
 
 
+def swav_multicrop_recipe(
+    global_size: int = 224,
+    local_size: int = 96,
+    num_local: int = 6,
+    *,
+    strength: float = 1.0,
+    blur: bool = True,
+    global_scale: tuple[float, float] = (0.14, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.14),
+) -> Recipe:
+    """SwAV multi-crop: two global crops, scale (0.14, 1), then ``num_local`` local crops,
+    scale (0.05, 0.14), all with SimCLR's colour distortion of strength ``strength``
+    (jitter p=0.8 at (0.8s, 0.8s, 0.8s, 0.2s), grayscale 0.2), blur p=0.5 and flip 0.5, as
+    the official ``main_swav.py``.
+
+    >>> r = swav_multicrop_recipe(32, 16, 2)
+    >>> [v.size for v in r.views], r.views[2].crop_scale
+    ([32, 32, 16, 16], (0.05, 0.14))
+    """
+    global_view = ViewRecipe(
+        size=global_size,
+        crop_scale=global_scale,
+        brightness=0.8 * strength,
+        contrast=0.8 * strength,
+        saturation=0.8 * strength,
+        hue=min(0.2 * strength, 0.5),
+        blur_prob=0.5 if blur else 0.0,
+    )
+    local = dataclasses.replace(global_view, size=local_size, crop_scale=local_scale)
+    return Recipe("swav", (global_view, global_view) + (local,) * num_local)
+
+
 def with_strength(recipe: Recipe, strength: float) -> Recipe:
     """Scales every op of a recipe by ``strength`` s: 0 is the identity, 1 the recipe.
 

@@ -35,12 +35,19 @@ from jax import lax
 __all__ = [
     "barlow_twins_loss",
     "byol_loss",
+    "dcl_loss",
     "dino_center_update",
     "dino_loss",
+    "ibot_patch_loss",
     "info_nce",
+    "koleo_loss",
+    "mae_loss",
     "moco_enqueue",
     "moco_info_nce",
     "simsiam_loss",
+    "sinkhorn_knopp",
+    "supcon_loss",
+    "swav_loss",
     "vicreg_loss",
 ]
 
@@ -751,3 +758,509 @@ def vicreg_loss(
     std_x, cov_x = variance_and_covariance(x)
     std_y, cov_y = variance_and_covariance(y)
     return sim_coeff * invariance + std_coeff * (std_x + std_y) / 2.0 + cov_coeff * (cov_x + cov_y)
+
+
+# --------------------------------------------------------------------------------------------
+# KoLeo
+# --------------------------------------------------------------------------------------------
+
+
+def koleo_loss(x: jax.Array, *, epsilon: float = 1e-8, axis_name: Any = None) -> jax.Array:
+    r"""DINOv2's Kozachenko-Leonenko regulariser: spreads rows over the unit sphere.
+
+    Each row is L2-normalised, :math:`\hat x_i = x_i / \|x_i\|`, and paired with its nearest
+    other row (largest cosine, ties to the lowest index); the loss is the mean negative log of
+    that distance,
+
+    .. math::
+
+        \mathcal{L} = -\frac{1}{N} \sum_{i=1}^{N}
+            \log\left(\min_{j \ne i} \|\hat x_i - \hat x_j\| + \epsilon\right),
+
+    the Kozachenko-Leonenko differential-entropy estimator up to constants (Sablayrolles et
+    al. 2019, arXiv:1806.03198; DINOv2, Oquab et al. 2023, arXiv:2304.07193, Sec. 4). As in the
+    official ``KoLeoLoss``, the distance is ``torch.nn.PairwiseDistance(eps=epsilon)``'s
+    :math:`\|\hat x_i - \hat x_j + \epsilon\|`, the neighbour index is a constant, and the
+    gradient reaches both rows of a pair.
+
+    Args:
+      x: ``[N, D]`` features (local rows when ``axis_name`` is set), N >= 2 globally.
+      epsilon: :math:`\epsilon \ge 0`, keeps the log finite when two rows coincide.
+      axis_name: mesh axis inside :func:`jax.shard_map`; neighbours are then searched over the
+        global batch (an all-gather of the normalised rows) and the mean is global. DINOv2
+        computes it per device; the global form does not depend on the device count.
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sslax.losses import koleo_loss
+      >>> spread = jnp.eye(4)  # orthogonal rows: every neighbour at distance sqrt(2)
+      >>> bool(jnp.isclose(koleo_loss(spread), -jnp.log(jnp.sqrt(2.0))))
+      True
+      >>> bool(koleo_loss(jnp.ones((4, 4)) + 0.01 * jnp.eye(4)) > koleo_loss(spread))
+      True
+    """
+    fn = "koleo_loss"
+    _check_floating(fn, "x", x, ndim=2)
+    _check_scalar(fn, "epsilon", epsilon, _NON_NEGATIVE)
+    local = x.shape[0]
+    count = _global_count(local, axis_name)
+    if count < 2:
+        raise ValueError(f"{fn}: need at least 2 rows in the global batch, got x {x.shape}")
+    rows = _l2_normalize(x)
+    candidates, offset = rows, 0
+    if axis_name is not None:
+        candidates = lax.all_gather(rows, axis_name, tiled=True)
+        offset = lax.axis_index(axis_name) * local
+    cosines = _dot(lax.stop_gradient(rows), lax.stop_gradient(candidates).T)
+    is_self = jnp.arange(count)[None, :] == (offset + jnp.arange(local))[:, None]
+    neighbour = jnp.argmax(jnp.where(is_self, -jnp.inf, cosines), axis=1)
+    difference = rows - jnp.take(candidates, neighbour, axis=0) + epsilon
+    distance = jnp.sqrt(jnp.sum(jnp.square(difference), axis=1))
+    return -_psum_if(jnp.sum(jnp.log(distance + epsilon)), axis_name) / count
+
+
+# --------------------------------------------------------------------------------------------
+# SwAV
+# --------------------------------------------------------------------------------------------
+
+
+def sinkhorn_knopp(
+    scores: jax.Array, *, epsilon: float = 0.05, num_iters: int = 3, axis_name: Any = None
+) -> jax.Array:
+    r"""SwAV's equal-partition codes: soft assignments of samples to prototypes.
+
+    Solves the entropy-regularised transport problem of SwAV (Caron et al. 2020,
+    arXiv:2006.09882, Eq. 3 and Sec. 3.1) approximately, as the official
+    ``distributed_sinkhorn`` does: :math:`Q = \exp(S / \epsilon)^\top` (``[K, B]`` over the
+    global batch of B samples), divided by its total, then ``num_iters`` rounds of
+
+    .. math::
+
+        Q \leftarrow \frac{1}{K} \operatorname{diag}(Q \mathbf 1)^{-1} Q, \qquad
+        Q \leftarrow \frac{1}{B} Q \operatorname{diag}(\mathbf 1^\top Q)^{-1}
+
+    (prototypes first, samples last), and finally :math:`B Q^\top`: every row of the result
+    sums to 1 and, as the rounds converge, every prototype receives B/K of the mass. The
+    global maximum of ``scores`` is subtracted before the exponential (the normalisations
+    cancel it), so large ``scores / epsilon`` do not overflow. Also DINOv2's Sinkhorn-Knopp
+    teacher (``epsilon`` = the teacher temperature). No gradient flows through the codes.
+
+    Args:
+      scores: ``[B, K]`` prototype scores (local rows with ``axis_name``).
+      epsilon: :math:`\epsilon > 0`, the entropic regularisation (a temperature).
+      num_iters: rounds of normalisation, >= 1 (SwAV: 3).
+      axis_name: mesh axis inside :func:`jax.shard_map`; the prototype marginals are then
+        those of the global batch, as in the official code's all-reduce.
+
+    Returns:
+      ``[B, K]`` float32 codes, rows summing to 1.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sslax.losses import sinkhorn_knopp
+      >>> noise = 0.1 * jax.random.normal(jax.random.key(0), (64, 4))
+      >>> scores = noise + jnp.array([0.3, 0.0, 0.0, 0.0])  # a softmax gives prototype 0 59/64
+      >>> q = sinkhorn_knopp(scores, num_iters=10)
+      >>> bool(jnp.allclose(q.sum(1), 1.0, atol=1e-5))
+      True
+      >>> bool(jnp.allclose(q.sum(0), 16.0, atol=0.01))  # equal partition: 64/4 per prototype
+      True
+    """
+    fn = "sinkhorn_knopp"
+    _check_floating(fn, "scores", scores, ndim=2)
+    _check_scalar(fn, "epsilon", epsilon, _POSITIVE)
+    if not isinstance(num_iters, int) or isinstance(num_iters, bool) or num_iters < 1:
+        raise ValueError(f"{fn}: num_iters must be an int >= 1, got {num_iters!r}")
+    local, num_prototypes = scores.shape
+    if local == 0 or num_prototypes == 0:
+        raise ValueError(f"{fn}: scores must be non-empty, got shape {scores.shape}")
+    count = _global_count(local, axis_name)
+    scores = lax.stop_gradient(scores).astype(jnp.float32)
+    peak = jnp.max(scores)
+    if axis_name is not None:
+        peak = lax.pmax(peak, axis_name)
+    q = jnp.exp((scores - peak) / epsilon)  # [B, K]: samples on rows, unlike the official Q
+    q = q / _psum_if(jnp.sum(q), axis_name)
+    for _ in range(num_iters):
+        q = q / (_psum_if(jnp.sum(q, axis=0, keepdims=True), axis_name) * num_prototypes)
+        q = q / (jnp.sum(q, axis=1, keepdims=True) * count)
+    return q * count
+
+
+def swav_loss(
+    scores: jax.Array,
+    *,
+    num_assign: int = 2,
+    queue_scores: jax.Array | None = None,
+    temperature: float = 0.1,
+    epsilon: float = 0.05,
+    num_iters: int = 3,
+    axis_name: Any = None,
+) -> jax.Array:
+    r"""SwAV's swapped prediction: every crop predicts the codes of the other assigned crops.
+
+    For each of the first ``num_assign`` crops a (the high-resolution ones), codes
+    :math:`q_a` = :func:`sinkhorn_knopp` of its scores (constants); every other crop v is
+    scored by the cross-entropy of :math:`\operatorname{softmax}(s_v / \tau)` against them:
+
+    .. math::
+
+        \mathcal{L} = \frac{1}{A} \sum_{a=1}^{A} \frac{1}{V-1} \sum_{v \ne a}
+            \frac{1}{N} \sum_{n} \sum_{k} -q_a[n, k] \log \operatorname{softmax}
+            (s_v[n] / \tau)_k
+
+    (Caron et al. 2020, arXiv:2006.09882, Eq. 1-2 and the official ``main_swav.py``). With a
+    queue, the codes are computed for the queued scores and the batch together, and the
+    batch's rows kept: more samples make the equal partition meaningful for small batches.
+
+    Args:
+      scores: ``[V, N, K]`` scores of every crop against the normalised prototypes (cosines).
+      num_assign: the first ``num_assign`` crops get codes (1 <= A <= V, V >= 2).
+      queue_scores: optional ``[A, Q, K]`` scores of queued features from earlier batches, one
+        queue per assigned crop, against the current prototypes (local rows with
+        ``axis_name``).
+      temperature: :math:`\tau > 0` of the predictions.
+      epsilon: Sinkhorn-Knopp regularisation :math:`\epsilon > 0`.
+      num_iters: Sinkhorn-Knopp rounds.
+      axis_name: mesh axis inside :func:`jax.shard_map`; codes then use the global batch (and
+        global queue) and the mean is global.
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax
+      >>> from sslax.losses import swav_loss
+      >>> scores = jax.random.normal(jax.random.key(0), (4, 32, 8))  # 2 global + 2 local crops
+      >>> bool(swav_loss(scores) > 0)
+      True
+    """
+    fn = "swav_loss"
+    _check_floating(fn, "scores", scores, ndim=3)
+    num_views, batch, _ = scores.shape
+    if not isinstance(num_assign, int) or not 1 <= num_assign <= num_views or num_views < 2:
+        raise ValueError(
+            f"{fn}: need an int 1 <= num_assign <= V and V >= 2, got num_assign={num_assign!r} "
+            f"and scores {scores.shape}"
+        )
+    _check_scalar(fn, "temperature", temperature, _POSITIVE)
+    if batch == 0:
+        raise ValueError(f"{fn}: scores has no rows, shape {scores.shape}")
+    if queue_scores is not None:
+        _check_floating(fn, "queue_scores", queue_scores, ndim=3)
+        if queue_scores.shape[0] != num_assign or queue_scores.shape[2] != scores.shape[2]:
+            raise ValueError(
+                f"{fn}: queue_scores must be [num_assign={num_assign}, Q, "
+                f"K={scores.shape[2]}], got {queue_scores.shape}"
+            )
+    log_probs = jax.nn.log_softmax(scores.astype(jnp.float32) / temperature, axis=-1)
+    total = jnp.zeros((), jnp.float32)
+    for a in range(num_assign):
+        assigned = scores[a]
+        if queue_scores is not None:
+            assigned = jnp.concatenate([queue_scores[a].astype(assigned.dtype), assigned])
+        codes = sinkhorn_knopp(assigned, epsilon=epsilon, num_iters=num_iters, axis_name=axis_name)[
+            -batch:
+        ]
+        # Sum over every view, then take out the assigned view itself.
+        cross = jnp.sum(codes * (jnp.sum(log_probs, axis=0) - log_probs[a]))
+        total = total - cross / (num_views - 1)
+    count = _global_count(batch, axis_name)
+    return _psum_if(total, axis_name) / (num_assign * count)
+
+
+# --------------------------------------------------------------------------------------------
+# Supervised contrastive, decoupled contrastive
+# --------------------------------------------------------------------------------------------
+
+
+def supcon_loss(
+    z: jax.Array, labels: jax.Array, *, temperature: float = 0.1, axis_name: Any = None
+) -> jax.Array:
+    r"""Supervised contrastive loss, the "out" form (Khosla et al. 2020, arXiv:2004.11362).
+
+    The N x V views are L2-normalised and each is an anchor :math:`i`; its positives
+    :math:`P(i)` are all other views with the same label (the other views of its own image
+    included), and its denominator runs over every other view :math:`A(i)`:
+
+    .. math::
+
+        \mathcal{L} = \frac{1}{NV} \sum_{i} \frac{-1}{|P(i)|} \sum_{p \in P(i)}
+            \log \frac{\exp(z_i \cdot z_p / \tau)}{\sum_{a \in A(i)} \exp(z_i \cdot z_a / \tau)}
+
+    (Eq. 2; the official ``SupConLoss`` with ``contrast_mode='all'`` and
+    ``base_temperature = temperature``). With one view of each of N distinct labels and V = 2
+    this is SimCLR's NT-Xent.
+
+    Args:
+      z: ``[N, V, D]`` embeddings of V >= 2 views of N examples (local rows with
+        ``axis_name``).
+      labels: ``[N]`` integer class labels.
+      temperature: :math:`\tau > 0`.
+      axis_name: mesh axis inside :func:`jax.shard_map`; positives and negatives then come
+        from the global batch (an all-gather of embeddings and labels).
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sslax.losses import supcon_loss, info_nce
+      >>> z = jax.random.normal(jax.random.key(0), (8, 2, 16))
+      >>> loss = supcon_loss(z, jnp.arange(8), temperature=0.5)  # all labels distinct
+      >>> bool(jnp.isclose(loss, info_nce(z[:, 0], z[:, 1], temperature=0.5)))
+      True
+    """
+    fn = "supcon_loss"
+    _check_floating(fn, "z", z, ndim=3)
+    batch, num_views, _ = z.shape
+    if jnp.shape(labels) != (batch,) or not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise ValueError(
+            f"{fn}: labels must be integers of shape ({batch},) for z {z.shape}, got "
+            f"{jnp.result_type(labels)} {jnp.shape(labels)}"
+        )
+    if batch == 0 or num_views < 2:
+        raise ValueError(f"{fn}: need N >= 1 examples and V >= 2 views, got z {z.shape}")
+    _check_scalar(fn, "temperature", temperature, _POSITIVE)
+    anchors = _l2_normalize(z).reshape(batch * num_views, -1)
+    anchor_labels = jnp.repeat(labels, num_views)
+    candidates, candidate_labels, offset = anchors, anchor_labels, 0
+    if axis_name is not None:
+        candidates = lax.all_gather(anchors, axis_name, tiled=True)
+        candidate_labels = lax.all_gather(anchor_labels, axis_name, tiled=True)
+        offset = lax.axis_index(axis_name) * anchors.shape[0]
+    logits = _dot(anchors, candidates.T) / temperature
+    rows = offset + jnp.arange(anchors.shape[0])
+    is_self = jnp.arange(candidates.shape[0])[None, :] == rows[:, None]
+    positive = (anchor_labels[:, None] == candidate_labels[None, :]) & ~is_self
+    log_denominator = jax.nn.logsumexp(jnp.where(is_self, -jnp.inf, logits), axis=1)
+    mean_positive = jnp.sum(jnp.where(positive, logits, 0.0), axis=1) / jnp.sum(positive, axis=1)
+    count = _global_count(anchors.shape[0], axis_name)
+    return _psum_if(jnp.sum(log_denominator - mean_positive), axis_name) / count
+
+
+def dcl_loss(
+    z1: jax.Array,
+    z2: jax.Array,
+    *,
+    temperature: float = 0.1,
+    weight_sigma: float | None = None,
+    axis_name: Any = None,
+) -> jax.Array:
+    r"""Decoupled contrastive loss, DCL and DCLW (Yeh et al. 2022, arXiv:2110.06848).
+
+    InfoNCE with the positive removed from the denominator. For L2-normalised views and
+    anchor :math:`z_i^{(1)}`, negatives are every other image's two views:
+
+    .. math::
+
+        \ell_i^{(1)} = -w_i \, z_i^{(1)} \cdot z_i^{(2)} / \tau
+            + \log \sum_{j \ne i} \left(e^{z_i^{(1)} \cdot z_j^{(1)} / \tau}
+            + e^{z_i^{(1)} \cdot z_j^{(2)} / \tau}\right)
+
+    (Eq. 6), and the loss is the mean of :math:`\ell^{(1)}` and :math:`\ell^{(2)}` (the views
+    swapped) over the batch: the official code adds the two directions, which is twice this.
+    :math:`w_i = 1` for DCL; DCLW (``weight_sigma`` = :math:`\sigma`) weights positives by
+    :math:`w_i = 2 - N \operatorname{softmax}_i(z_i^{(1)} \cdot z_i^{(2)} / \sigma)` over the
+    (global) batch, treated as the official code does (with gradient).
+
+    Args:
+      z1: ``[N, D]`` first views (local rows with ``axis_name``).
+      z2: ``[N, D]`` second views.
+      temperature: :math:`\tau > 0`.
+      weight_sigma: None for DCL, or :math:`\sigma > 0` for DCLW (the paper uses 0.5).
+      axis_name: mesh axis inside :func:`jax.shard_map`; negatives and DCLW's softmax then
+        span the global batch.
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sslax.losses import dcl_loss
+      >>> z = jax.random.normal(jax.random.key(0), (16, 8))
+      >>> bool(dcl_loss(z, z) < dcl_loss(z, z[::-1]))
+      True
+    """
+    fn = "dcl_loss"
+    _check_pair(fn, ("z1", "z2"), z1, z2)
+    _check_scalar(fn, "temperature", temperature, _POSITIVE)
+    if weight_sigma is not None:
+        _check_scalar(fn, "weight_sigma", weight_sigma, _POSITIVE)
+    local = z1.shape[0]
+    count = _global_count(local, axis_name)
+    if count < 2:
+        raise ValueError(f"{fn}: need at least 2 rows in the global batch (negatives), got {count}")
+    x, y = _l2_normalize(z1), _l2_normalize(z2)
+    gx, gy, offset = x, y, 0
+    if axis_name is not None:
+        gx = lax.all_gather(x, axis_name, tiled=True)
+        gy = lax.all_gather(y, axis_name, tiled=True)
+        offset = lax.axis_index(axis_name) * local
+    same_image = jnp.arange(count)[None, :] == (offset + jnp.arange(local))[:, None]
+    positive = jnp.sum(x * y, axis=1) / temperature
+    weight = 1.0
+    if weight_sigma is not None:
+        cosines = jnp.sum(x * y, axis=1) / weight_sigma
+        peak = lax.stop_gradient(jnp.max(cosines))
+        if axis_name is not None:
+            peak = lax.pmax(peak, axis_name)
+        normaliser = _psum_if(jnp.sum(jnp.exp(cosines - peak)), axis_name)
+        weight = 2.0 - count * jnp.exp(cosines - peak) / normaliser
+
+    def negatives(anchor, same_view, other_view):
+        logits = jnp.concatenate([_dot(anchor, same_view.T), _dot(anchor, other_view.T)], 1)
+        mask = jnp.concatenate([same_image, same_image], axis=1)
+        return jax.nn.logsumexp(jnp.where(mask, -jnp.inf, logits / temperature), axis=1)
+
+    per_row = -2.0 * weight * positive + negatives(x, gx, gy) + negatives(y, gy, gx)
+    return _psum_if(jnp.sum(per_row), axis_name) / (2 * count)
+
+
+# --------------------------------------------------------------------------------------------
+# Masked image modelling: iBOT's patch loss, MAE
+# --------------------------------------------------------------------------------------------
+
+
+def ibot_patch_loss(
+    student_patch_logits: jax.Array,
+    teacher_patch_logits: jax.Array,
+    mask: jax.Array,
+    center: jax.Array,
+    *,
+    student_temp: float = 0.1,
+    teacher_temp: float = 0.04,
+    axis_name: Any = None,
+) -> jax.Array:
+    r"""iBOT's masked-patch self-distillation (Zhou et al. 2022, arXiv:2111.07832).
+
+    The student sees view v with some patches masked; the teacher sees it whole. At every
+    masked patch, the student's prediction is scored against the teacher's centred, sharpened
+    softmax for the same patch (constants), as DINO does for the class token:
+
+    .. math::
+
+        \mathcal{L} = \frac{1}{VN} \sum_{v, n} \frac{1}{\max(1, |M_{vn}|)}
+            \sum_{l \in M_{vn}} \sum_k -P_t[v, n, l, k] \log P_s[v, n, l, k]
+
+    with :math:`P_t = \operatorname{softmax}((g_t - c) / \tau_t)`,
+    :math:`\log P_s = \operatorname{log\,softmax}(g_s / \tau_s)` and :math:`M_{vn}` the masked
+    patches (Eq. 2; the official iBOT loss and DINOv2's ``iBOTPatchLoss``: a mean over the
+    masked patches of each image, then over images, which counts an image without masked
+    patches as 0). The centre of patch logits is updated with :func:`dino_center_update` on
+    ``teacher_patch_logits.reshape(V, N * L, K)``.
+
+    Args:
+      student_patch_logits: ``[V, N, L, K]`` head outputs of the student's patch tokens.
+      teacher_patch_logits: ``[V, N, L, K]`` the teacher's, for the unmasked views.
+      mask: ``[V, N, L]`` booleans, True where the student's patch was masked.
+      center: ``[K]`` running centre of the teacher's patch logits.
+      student_temp: :math:`\tau_s > 0`.
+      teacher_temp: :math:`\tau_t > 0`.
+      axis_name: mesh axis inside :func:`jax.shard_map`; the mean is then global.
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from sslax.losses import ibot_patch_loss
+      >>> logits = jnp.zeros((2, 3, 4, 5))  # uniform targets: log K at every masked patch
+      >>> mask = jnp.ones((2, 3, 4), bool)
+      >>> bool(jnp.isclose(ibot_patch_loss(logits, logits, mask, jnp.zeros(5)), jnp.log(5.0)))
+      True
+    """
+    fn = "ibot_patch_loss"
+    _check_floating(fn, "student_patch_logits", student_patch_logits, ndim=4)
+    _check_floating(fn, "teacher_patch_logits", teacher_patch_logits, ndim=4)
+    _check_floating(fn, "center", center, ndim=1)
+    shape = student_patch_logits.shape
+    if (
+        teacher_patch_logits.shape != shape
+        or jnp.shape(mask) != shape[:3]
+        or center.shape != shape[3:]
+    ):
+        raise ValueError(
+            f"{fn}: expected student and teacher logits [V, N, L, K], mask [V, N, L] and "
+            f"center [K], got {shape}, {teacher_patch_logits.shape}, {jnp.shape(mask)} and "
+            f"{center.shape}"
+        )
+    if jnp.result_type(mask) != jnp.bool_:
+        raise ValueError(f"{fn}: mask must be boolean, got {jnp.result_type(mask)}")
+    _check_scalar(fn, "student_temp", student_temp, _POSITIVE)
+    _check_scalar(fn, "teacher_temp", teacher_temp, _POSITIVE)
+    num_views, batch = shape[:2]
+    centred = teacher_patch_logits.astype(jnp.float32) - center.astype(jnp.float32)
+    targets = lax.stop_gradient(jax.nn.softmax(centred / teacher_temp, axis=-1))
+    log_probs = jax.nn.log_softmax(student_patch_logits.astype(jnp.float32) / student_temp, axis=-1)
+    per_patch = -jnp.sum(targets * log_probs, axis=-1)  # [V, N, L]
+    masked = jnp.sum(jnp.where(mask, per_patch, 0.0), axis=-1)
+    per_image = masked / jnp.maximum(jnp.sum(mask, axis=-1), 1)
+    count = num_views * _global_count(batch, axis_name)
+    return _psum_if(jnp.sum(per_image), axis_name) / count
+
+
+def mae_loss(
+    pred: jax.Array,
+    target: jax.Array,
+    mask: jax.Array,
+    *,
+    norm_pix: bool = True,
+    axis_name: Any = None,
+) -> jax.Array:
+    r"""MAE's reconstruction loss: mean squared error on the masked patches only.
+
+    With ``norm_pix`` each target patch is standardised by its own pixels' mean and unbiased
+    variance, :math:`\hat t = (t - \mu) / \sqrt{\sigma^2 + 10^{-6}}` (He et al. 2022,
+    arXiv:2111.06377, Sec. 3 "Reconstruction target", and the official ``forward_loss``):
+
+    .. math::
+
+        \mathcal{L} = \frac{\sum_{n, l} m_{nl} \frac{1}{P} \|p_{nl} - \hat t_{nl}\|^2}
+            {\sum_{n, l} m_{nl}}
+
+    Args:
+      pred: ``[N, L, P]`` decoder outputs, P = patch_size**2 * channels values per patch.
+      target: ``[N, L, P]`` the image's patches (patchified pixels).
+      mask: ``[N, L]`` booleans, True where a patch was masked (hidden from the encoder).
+      norm_pix: standardise each target patch (MAE's default for its best results).
+      axis_name: mesh axis inside :func:`jax.shard_map`; sums then span the global batch.
+
+    Returns:
+      Scalar float32 loss.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from sslax.losses import mae_loss
+      >>> target = jax.random.normal(jax.random.key(0), (2, 4, 12))
+      >>> mask = jnp.array([[True, False, True, False]] * 2)
+      >>> pred = jnp.where(mask[..., None], 0.0, 99.0 + target)  # wrong only where visible
+      >>> bool(jnp.isclose(mae_loss(pred, target, mask, norm_pix=False),
+      ...                  jnp.mean(jnp.square(target[mask]))))
+      True
+    """
+    fn = "mae_loss"
+    _check_floating(fn, "pred", pred, ndim=3)
+    _check_floating(fn, "target", target, ndim=3)
+    if jnp.shape(target) != jnp.shape(pred) or jnp.shape(mask) != jnp.shape(pred)[:2]:
+        raise ValueError(
+            f"{fn}: expected pred and target [N, L, P] and mask [N, L], got {jnp.shape(pred)}, "
+            f"{jnp.shape(target)} and {jnp.shape(mask)}"
+        )
+    if jnp.result_type(mask) != jnp.bool_:
+        raise ValueError(f"{fn}: mask must be boolean, got {jnp.result_type(mask)}")
+    patch_values = pred.shape[2]
+    if norm_pix and patch_values < 2:
+        raise ValueError(f"{fn}: norm_pix needs >= 2 values per patch, got {pred.shape}")
+    target = target.astype(jnp.float32)
+    if norm_pix:
+        mean = jnp.mean(target, axis=-1, keepdims=True)
+        variance = jnp.sum(jnp.square(target - mean), axis=-1, keepdims=True) / (patch_values - 1)
+        target = (target - mean) * lax.rsqrt(variance + 1e-6)
+    per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
+    masked_sum = _psum_if(jnp.sum(jnp.where(mask, per_patch, 0.0)), axis_name)
+    masked_count = _psum_if(jnp.sum(mask), axis_name)
+    return masked_sum / jnp.maximum(masked_count, 1)

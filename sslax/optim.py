@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import optax
 
 LR_RULES = ("linear", "sqrt", "none")
@@ -92,3 +93,27 @@ def make_optimizer(
     if name == "adamw":
         return optax.adamw(schedule, weight_decay=weight_decay, mask=decay_mask)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def frozen_for(steps: int, inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Zero updates and an untouched ``inner`` state for the first ``steps`` calls.
+
+    PyTorch's optimisers skip a parameter whose gradient is None (no update, no weight decay,
+    no moments), which is how DINO freezes its last layer and SwAV its prototypes: a frozen
+    parameter starts its moments and bias correction when it is released, not at step 0.
+    """
+
+    def init(params):
+        return (jnp.zeros((), jnp.int32), inner.init(params))
+
+    def update(updates, state, params=None):
+        count, inner_state = state
+        new_updates, new_inner = inner.update(updates, inner_state, params)
+        frozen = count < steps
+        new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
+        new_inner = jax.tree.map(
+            lambda old, new: jnp.where(frozen, old, new), inner_state, new_inner
+        )
+        return new_updates, (optax.safe_increment(count), new_inner)
+
+    return optax.GradientTransformation(init, update)

@@ -78,6 +78,7 @@ class Program:
 
         With ``host_crops`` (photos of every size) the batch holds every view's crop per view
         size, ``crops_<S>`` [B, k, S, S, 3]; otherwise the images, ``image`` [B, S, S, 3].
+        A method that learns from labels (SupCon) also gets ``label`` [B].
         """
         import jax
         import jax.numpy as jnp
@@ -88,11 +89,14 @@ class Program:
             return jax.ShapeDtypeStruct((size, *shape, 3), jnp.uint8, sharding=self.batch_sharding)
 
         index = jax.ShapeDtypeStruct((size,), jnp.int32, sharding=self.batch_sharding)
+        fields = {"index": index}
+        if self.method.uses_labels:
+            fields["label"] = index
         if not self.host_crops:
-            return {"image": images(side, side), "index": index}
+            return {"image": images(side, side), **fields}
         views = self.method.recipe.views
         counts = {s: sum(v.size == s for v in views) for s in self.method.recipe.sizes}
-        return {**{f"crops_{s}": images(k, s, s) for s, k in counts.items()}, "index": index}
+        return {**{f"crops_{s}": images(k, s, s) for s, k in counts.items()}, **fields}
 
 
 def build_program(config, mesh) -> Program:
@@ -163,9 +167,11 @@ class _InputFeed:
         )
         self.skipped = 0
         self.wait_s = 0.0
+        uses_labels = program.method.uses_labels
 
         def on_devices(local):
-            fields = {k: v for k, v in local.items() if k not in pipeline.HOST_FIELDS}
+            host_only = set(pipeline.HOST_FIELDS) - ({"label"} if uses_labels else set())
+            fields = {k: v for k, v in local.items() if k not in host_only}
             skipped = int(local["skipped"].sum()) if "skipped" in local else 0
             if skipped:
                 pipeline.warn_bad_files(local["bad_files"])

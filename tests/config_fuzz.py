@@ -134,6 +134,7 @@ SECTIONS = {
         "clip_grad": _ok(0.0, 3.0) + _bad(-1.0),
         "freeze_last_layer_steps": _ok(0, 1, "{total}", "{total}+10") + _bad(-1),
         "drop_path_rate": _ok(0.0, 0.1, 0.9) + _bad(1.0, -0.1),
+        "koleo_weight": _ok(0.0, 0.1) + _bad(-0.1),
     },
     "barlow_twins": {
         "expander_dim": _ok(1, 32) + _bad(0),
@@ -148,6 +149,23 @@ SECTIONS = {
         "cov_coeff": _ok(0.0, 1.0) + _bad(-1.0),
         "variance": _ok(True, False),
     },
+    "swav": {
+        "num_prototypes": _ok(1, 2, 30) + _bad(0),
+        "epsilon": _ok(0.05, 1.0) + _bad(0.0),
+        "sinkhorn_iters": _ok(1, 3) + _bad(0),
+        "freeze_prototypes_steps": _ok(0, 1, "{total}+10") + _bad(-1),
+        "queue_size": _ok(0, "{batch}", "{batch}*3") + _depends(5) + _bad(-16),
+        "queue_start_step": _ok(0, 1, "{total}+1") + _bad(-1),
+        "num_local": _ok(0, 1, 2) + _bad(-1),
+        "local_size": _depends(8, 16, 4, 64) + _bad(0),
+        "local_min_scale": _depends(0.05, 0.3, 0.9) + _bad(0.0, 1.5),
+    },
+    "nnclr": {
+        "queue_size": _ok("{batch}", "{batch}*4") + _depends(7) + _bad(0),
+        "pred_hidden_dim": _ok(1, 32) + _bad(0),
+        "proj_layers": _ok(1, 2, 3) + _bad(0),
+    },
+    "supcon": {},
 }
 
 
@@ -186,6 +204,8 @@ def tiny_base(method: str):
     for section in ("barlow_twins", "vicreg"):
         c[section].expander_dim = 32
     c.byol.predictor_hidden_dim = c.moco_v3.pred_hidden_dim = 32
+    c.swav.num_prototypes, c.swav.local_size, c.swav.num_local = 10, 8, 2
+    c.nnclr.queue_size, c.nnclr.pred_hidden_dim = 64, 32
     return c
 
 

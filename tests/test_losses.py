@@ -503,3 +503,363 @@ def test_traced_temperature_is_accepted_under_jit():
     z1, z2 = f32(random_array(23, (4, 3)), random_array(24, (4, 3)))
     jitted = jax.jit(lambda t: losses.info_nce(z1, z2, temperature=t))
     assert_close(jitted(0.3), losses.info_nce(z1, z2, temperature=0.3))
+
+
+# ------------------------------------------------------ SwAV, SupCon, DCL, KoLeo, iBOT, MAE
+
+
+def run_sharded_along(mesh, loss_fn, arrays, batch_axes, argnums):
+    """Like run_sharded, with each array split over 'data' along its own batch axis."""
+    specs = tuple(P(*([None] * axis), "data") for axis in batch_axes)
+
+    def local(*local_arrays):
+        value, grads = jax.value_and_grad(loss_fn, argnums=argnums)(*local_arrays)
+        return value, grads
+
+    with jax.set_mesh(mesh):
+        sharded = jax.shard_map(
+            local, mesh=mesh, in_specs=specs, out_specs=(P(), tuple(specs[i] for i in argnums))
+        )
+        placed = [jax.device_put(a, NamedSharding(mesh, s)) for a, s in zip(arrays, specs)]
+        return jax.jit(sharded)(*placed)
+
+
+def ref_sinkhorn(scores, epsilon, num_iters):
+    """The official distributed_sinkhorn, single process, in its own [K, B] orientation."""
+    q = np.exp(scores / epsilon).T
+    num_prototypes, batch = q.shape
+    q /= q.sum()
+    for _ in range(num_iters):
+        q /= q.sum(axis=1, keepdims=True)
+        q /= num_prototypes
+        q /= q.sum(axis=0, keepdims=True)
+        q /= batch
+    return (q * batch).T
+
+
+def ref_swav_given_codes(scores, codes, temperature):
+    """main_swav.py's loop, codes [A, N, K] given (they are constants there)."""
+    num_views = len(scores)
+    loss = 0.0
+    for a in range(len(codes)):
+        subloss = 0.0
+        for v in range(num_views):
+            if v != a:
+                subloss -= np.mean(np.sum(codes[a] * log_softmax(scores[v] / temperature, 1), 1))
+        loss += subloss / (num_views - 1)
+    return loss / len(codes)
+
+
+def ref_swav_codes(scores, num_assign, epsilon, num_iters, queue=None):
+    batch = scores.shape[1]
+    codes = []
+    for a in range(num_assign):
+        out = scores[a] if queue is None else np.concatenate([queue[a], scores[a]])
+        codes.append(ref_sinkhorn(out, epsilon, num_iters)[-batch:])
+    return np.stack(codes)
+
+
+def test_sinkhorn_matches_official_algorithm_and_marginals():
+    scores = random_array(30, (12, 5), scale=0.3)
+    for num_iters in (1, 3):
+        codes = losses.sinkhorn_knopp(jnp.float32(scores), epsilon=0.05, num_iters=num_iters)
+        assert_close(codes, ref_sinkhorn(scores, 0.05, num_iters), rtol=1e-4)
+    converged = np.asarray(losses.sinkhorn_knopp(jnp.float32(scores), num_iters=200))
+    np.testing.assert_allclose(converged.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(converged.sum(0), 12 / 5, atol=1e-4)  # equal partition
+    # Scores far beyond exp's float32 range: the max shift keeps them finite and exact.
+    shifted = losses.sinkhorn_knopp(jnp.float32(scores + 50.0), epsilon=0.05)
+    assert_close(shifted, ref_sinkhorn(scores, 0.05, 3), rtol=1e-4)
+
+
+def test_sinkhorn_sharded_uses_global_marginals(mesh):
+    scores = f32(random_array(31, (16, 6), scale=0.3))[0]
+    expected = losses.sinkhorn_knopp(scores)
+    with jax.set_mesh(mesh):
+        sharded = jax.jit(
+            jax.shard_map(
+                lambda s: losses.sinkhorn_knopp(s, axis_name="data"),
+                mesh=mesh,
+                in_specs=P("data"),
+                out_specs=P("data"),
+            )
+        )(jax.device_put(scores, NamedSharding(mesh, P("data"))))
+    assert_close(sharded, expected)
+    assert_close(expected, ref_sinkhorn(np.asarray(scores, np.float64), 0.05, 3), rtol=1e-4)
+
+
+@pytest.mark.parametrize("with_queue", [False, True])
+def test_swav_loss_matches_float64_reference(with_queue):
+    scores = random_array(32, (4, 6, 5), scale=0.5)  # 2 assigned + 2 local crops
+    queue = random_array(33, (2, 10, 5), scale=0.5) if with_queue else None
+    codes = ref_swav_codes(scores, 2, 0.05, 3, queue)
+    kwargs = dict(temperature=0.1, queue_scores=None if queue is None else jnp.float32(queue))
+    value, grad = jit_value_and_grad(lambda s: losses.swav_loss(s, **kwargs))(jnp.float32(scores))
+    assert_close(value, ref_swav_given_codes(scores, codes, 0.1), rtol=1e-4)
+    numeric = numeric_grad(lambda s: ref_swav_given_codes(s, codes, 0.1), scores)
+    assert_close(grad, numeric, rtol=1e-3)
+
+
+def test_swav_loss_sharded_matches_unsharded(mesh):
+    scores, queue = f32(random_array(34, (3, 16, 5), scale=0.5), random_array(35, (2, 24, 5)))
+
+    def loss_fn(s, q, axis_name=None):
+        return losses.swav_loss(s, queue_scores=q, axis_name=axis_name)
+
+    value, grad = jit_value_and_grad(loss_fn)(scores, queue)
+    sharded_value, (sharded_grad,) = run_sharded_along(
+        mesh, functools.partial(loss_fn, axis_name="data"), (scores, queue), (1, 1), (0,)
+    )
+    assert_close(sharded_value, value)
+    assert_close(sharded_grad, grad)
+
+
+def ref_supcon(z, labels, temperature):
+    """Eq. 2 of Khosla et al., anchor by anchor."""
+    views = normalize(z.reshape(-1, z.shape[-1]))
+    view_labels = np.repeat(labels, z.shape[1])
+    total = 0.0
+    for i in range(len(views)):
+        others = [a for a in range(len(views)) if a != i]
+        log_denominator = logsumexp([views[i] @ views[a] / temperature for a in others])
+        positives = [p for p in others if view_labels[p] == view_labels[i]]
+        total += -np.mean([views[i] @ views[p] / temperature - log_denominator for p in positives])
+    return total / len(views)
+
+
+def test_supcon_loss_matches_float64_reference():
+    z, labels = random_array(36, (6, 3, 4)), np.array([0, 1, 0, 2, 1, 0])
+    value, grad = jit_value_and_grad(
+        lambda x: losses.supcon_loss(x, jnp.asarray(labels), temperature=0.2)
+    )(jnp.float32(z))
+    assert_close(value, ref_supcon(z, labels, 0.2))
+    assert_close(grad, numeric_grad(lambda x: ref_supcon(x, labels, 0.2), z), rtol=1e-4)
+
+
+def test_supcon_loss_sharded_matches_unsharded(mesh):
+    z = jnp.float32(random_array(37, (16, 2, 4)))
+    labels = jnp.asarray(np.random.default_rng(38).integers(0, 3, 16), jnp.int32)
+    value, grad = jit_value_and_grad(lambda x: losses.supcon_loss(x, labels))(z)
+    sharded_value, (sharded_grad,) = run_sharded_along(
+        mesh, lambda x, y: losses.supcon_loss(x, y, axis_name="data"), (z, labels), (0, 0), (0,)
+    )
+    assert_close(sharded_value, value)
+    assert_close(sharded_grad, grad)
+
+
+def ref_dcl(z1, z2, temperature, weight_sigma):
+    """The official DCL class, one direction, with the positive excluded exactly."""
+
+    def one_way(a, b):
+        a, b = normalize(a), normalize(b)
+        positive = -np.sum(a * b, axis=1) / temperature
+        if weight_sigma is not None:
+            positive = positive * (2 - len(a) * softmax(np.sum(a * b, axis=1) / weight_sigma))
+        logits = np.concatenate([a @ a.T, a @ b.T], axis=1) / temperature
+        mask = np.tile(np.eye(len(a), dtype=bool), (1, 2))
+        negative = logsumexp(np.where(mask, -np.inf, logits), axis=1)
+        return np.mean(positive + negative)
+
+    return (one_way(z1, z2) + one_way(z2, z1)) / 2
+
+
+@pytest.mark.parametrize("weight_sigma", [None, 0.5])
+def test_dcl_loss_matches_float64_reference(weight_sigma):
+    z1, z2 = random_array(39, (6, 4)), random_array(40, (6, 4))
+    value, (g1, g2) = jit_value_and_grad(
+        lambda a, b: losses.dcl_loss(a, b, temperature=0.2, weight_sigma=weight_sigma),
+        argnums=(0, 1),
+    )(*f32(z1, z2))
+    ref = functools.partial(ref_dcl, temperature=0.2, weight_sigma=weight_sigma)
+    assert_close(value, ref(z1, z2))
+    assert_close(g1, numeric_grad(lambda a: ref(a, z2), z1), rtol=1e-4)
+    assert_close(g2, numeric_grad(lambda b: ref(z1, b), z2), rtol=1e-4)
+
+
+@pytest.mark.parametrize("weight_sigma", [None, 0.5])
+def test_dcl_loss_sharded_matches_unsharded(mesh, weight_sigma):
+    z1, z2 = f32(random_array(41, (16, 4)), random_array(42, (16, 4)))
+
+    def loss_fn(a, b, axis_name=None):
+        return losses.dcl_loss(a, b, weight_sigma=weight_sigma, axis_name=axis_name)
+
+    value, grads = jit_value_and_grad(loss_fn, argnums=(0, 1))(z1, z2)
+    sharded_value, sharded_grads = run_sharded_along(
+        mesh, functools.partial(loss_fn, axis_name="data"), (z1, z2), (0, 0), (0, 1)
+    )
+    assert_close(sharded_value, value)
+    for sharded, unsharded in zip(sharded_grads, grads):
+        assert_close(sharded, unsharded)
+
+
+def ref_koleo(x, epsilon=1e-8):
+    """DINOv2's KoLeoLoss: nearest neighbour by the largest dot product, diagonal at -1."""
+    x = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), epsilon)
+    dots = x @ x.T
+    np.fill_diagonal(dots, -1)
+    neighbour = np.argmax(dots, axis=1)
+    distance = np.linalg.norm(x - x[neighbour] + epsilon, axis=-1)
+    return -np.mean(np.log(distance + epsilon))
+
+
+def test_koleo_loss_matches_float64_reference():
+    x = random_array(43, (7, 4))
+    value, grad = jit_value_and_grad(losses.koleo_loss)(jnp.float32(x))
+    assert_close(value, ref_koleo(x))
+    assert_close(grad, numeric_grad(ref_koleo, x), rtol=1e-4)
+    # Coinciding rows: large but finite, as the epsilon intends.
+    twins = jnp.float32(np.concatenate([x[:1], x[:1], x[1:3]]))
+    value, grad = jit_value_and_grad(losses.koleo_loss)(twins)
+    assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(grad)))
+
+
+def test_koleo_loss_sharded_searches_the_global_batch(mesh):
+    # Rows in near pairs split across devices: local-only neighbours would be different ones.
+    base = random_array(44, (8, 4))
+    x = jnp.float32(np.concatenate([base, base + 0.05 * random_array(45, (8, 4))]))
+    value, grad = jit_value_and_grad(losses.koleo_loss)(x)
+    assert_close(value, ref_koleo(np.asarray(x, np.float64)))
+    sharded_value, (sharded_grad,) = run_sharded_along(
+        mesh, lambda a: losses.koleo_loss(a, axis_name="data"), (x,), (0,), (0,)
+    )
+    assert_close(sharded_value, value)
+    assert_close(sharded_grad, grad)
+
+
+def ref_ibot(student, teacher, mask, center, student_temp, teacher_temp):
+    """iBOT's patch term: per image the mean over masked patches, then the mean over images."""
+    total = 0.0
+    for v in range(len(student)):
+        targets = softmax((teacher[v] - center) / teacher_temp, axis=-1)
+        per_patch = -np.sum(targets * log_softmax(student[v] / student_temp, axis=-1), -1)
+        per_image = np.sum(per_patch * mask[v], -1) / np.maximum(mask[v].sum(-1), 1)
+        total += per_image.mean()
+    return total / len(student)
+
+
+def test_ibot_patch_loss_matches_float64_reference():
+    student, teacher = random_array(46, (2, 3, 4, 5)), random_array(47, (2, 3, 4, 5), 0.1)
+    center = random_array(48, (5,), scale=0.1)
+    mask = np.random.default_rng(49).random((2, 3, 4)) < 0.5
+    mask[1, 2] = False  # an image without masked patches counts as 0
+    args = (jnp.asarray(mask), jnp.float32(center))
+    value, (g_student, g_teacher) = jit_value_and_grad(
+        lambda s, t: losses.ibot_patch_loss(s, t, *args), argnums=(0, 1)
+    )(*f32(student, teacher))
+    ref = functools.partial(ref_ibot, mask=mask, center=center, student_temp=0.1, teacher_temp=0.04)
+    assert_close(value, ref(student, teacher))
+    assert_close(g_student, numeric_grad(lambda s: ref(s, teacher), student), rtol=1e-4)
+    assert not np.any(g_teacher)
+    # Unmasked patches do not matter.
+    changed = np.where(mask[..., None], student, 7.0)
+    assert_close(losses.ibot_patch_loss(jnp.float32(changed), jnp.float32(teacher), *args), value)
+
+
+def test_ibot_patch_loss_sharded_matches_unsharded(mesh):
+    student, teacher = f32(random_array(50, (2, 16, 3, 4)), random_array(51, (2, 16, 3, 4)))
+    mask = jnp.asarray(np.random.default_rng(52).random((2, 16, 3)) < 0.5)
+    center = jnp.zeros(4)
+
+    def loss_fn(s, t, m, axis_name=None):
+        return losses.ibot_patch_loss(s, t, m, center, axis_name=axis_name)
+
+    value, grad = jit_value_and_grad(loss_fn)(student, teacher, mask)
+    sharded_value, (sharded_grad,) = run_sharded_along(
+        mesh,
+        functools.partial(loss_fn, axis_name="data"),
+        (student, teacher, mask),
+        (1, 1, 1),
+        (0,),
+    )
+    assert_close(sharded_value, value)
+    assert_close(sharded_grad, grad)
+
+
+def ref_mae(pred, target, mask, norm_pix):
+    """MAE's forward_loss; torch's var is unbiased."""
+    if norm_pix:
+        target = (target - target.mean(-1, keepdims=True)) / np.sqrt(
+            target.var(-1, ddof=1, keepdims=True) + 1e-6
+        )
+    per_patch = ((pred - target) ** 2).mean(-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_mae_loss_matches_float64_reference(norm_pix):
+    pred, target = random_array(53, (3, 4, 6)), random_array(54, (3, 4, 6), scale=2.0) + 1.0
+    mask = np.random.default_rng(55).random((3, 4)) < 0.75
+    value, grad = jit_value_and_grad(
+        lambda p: losses.mae_loss(p, jnp.float32(target), jnp.asarray(mask), norm_pix=norm_pix)
+    )(jnp.float32(pred))
+    assert_close(value, ref_mae(pred, target, mask, norm_pix))
+    numeric = numeric_grad(lambda p: ref_mae(p, target, mask, norm_pix), pred)
+    assert_close(grad, numeric, rtol=1e-4)
+    assert not np.any(np.asarray(grad)[~mask])  # visible patches get no gradient
+
+
+def test_mae_loss_sharded_matches_unsharded(mesh):
+    pred, target = f32(random_array(56, (16, 4, 6)), random_array(57, (16, 4, 6)))
+    mask = jnp.asarray(np.random.default_rng(58).random((16, 4)) < 0.75)
+    value, grad = jit_value_and_grad(losses.mae_loss)(pred, target, mask)
+    sharded_value, (sharded_grad,) = run_sharded_along(
+        mesh,
+        lambda p, t, m: losses.mae_loss(p, t, m, axis_name="data"),
+        (pred, target, mask),
+        (0, 0, 0),
+        (0,),
+    )
+    assert_close(sharded_value, value)
+    assert_close(sharded_grad, grad)
+
+
+NEW_BAD_CALLS = {
+    "sinkhorn epsilon": (lambda: losses.sinkhorn_knopp(Z, epsilon=0.0), r"epsilon"),
+    "sinkhorn iters": (lambda: losses.sinkhorn_knopp(Z, num_iters=0), r"num_iters"),
+    "sinkhorn 3-D": (lambda: losses.sinkhorn_knopp(jnp.ones((2, 2, 2))), r"scores must be 2-D"),
+    "swav one view": (lambda: losses.swav_loss(jnp.ones((1, 4, 3))), r"V >= 2"),
+    "swav assign": (lambda: losses.swav_loss(jnp.ones((2, 4, 3)), num_assign=3), r"num_assign"),
+    "swav queue": (
+        lambda: losses.swav_loss(jnp.ones((2, 4, 3)), queue_scores=jnp.ones((2, 5, 4))),
+        r"queue_scores must be \[num_assign=2, Q, K=3\]",
+    ),
+    "supcon labels": (
+        lambda: losses.supcon_loss(jnp.ones((4, 2, 3)), jnp.ones(4)),
+        r"labels must be integers",
+    ),
+    "supcon one view": (
+        lambda: losses.supcon_loss(jnp.ones((4, 1, 3)), jnp.arange(4)),
+        r"V >= 2",
+    ),
+    "dcl one row": (lambda: losses.dcl_loss(jnp.ones((1, 3)), jnp.ones((1, 3))), r"2 rows"),
+    "dcl sigma": (lambda: losses.dcl_loss(Z, Z, weight_sigma=0.0), r"weight_sigma"),
+    "koleo one row": (lambda: losses.koleo_loss(jnp.ones((1, 3))), r"2 rows"),
+    "koleo epsilon": (lambda: losses.koleo_loss(Z, epsilon=-1.0), r"epsilon"),
+    "ibot mask shape": (
+        lambda: losses.ibot_patch_loss(
+            jnp.ones((2, 3, 4, 5)), jnp.ones((2, 3, 4, 5)), jnp.ones((2, 3), bool), jnp.ones(5)
+        ),
+        r"mask \[V, N, L\]",
+    ),
+    "ibot mask dtype": (
+        lambda: losses.ibot_patch_loss(
+            jnp.ones((2, 3, 4, 5)), jnp.ones((2, 3, 4, 5)), jnp.ones((2, 3, 4)), jnp.ones(5)
+        ),
+        r"mask must be boolean",
+    ),
+    "mae shapes": (
+        lambda: losses.mae_loss(jnp.ones((2, 4, 6)), jnp.ones((2, 4, 5)), jnp.ones((2, 4), bool)),
+        r"\(2, 4, 6\).*\(2, 4, 5\)",
+    ),
+    "mae one value": (
+        lambda: losses.mae_loss(jnp.ones((2, 4, 1)), jnp.ones((2, 4, 1)), jnp.ones((2, 4), bool)),
+        r"norm_pix needs >= 2",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_BAD_CALLS))
+def test_new_losses_bad_input_raises_value_error(name):
+    call, message = NEW_BAD_CALLS[name]
+    with pytest.raises(ValueError, match=message):
+        call()

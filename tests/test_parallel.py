@@ -40,6 +40,11 @@ def _config(name):
         config.moco_v2.shuffle_bn_groups = 2
     if name == "dino":
         config.dino.local_size = 8
+    if name == "swav":
+        config.swav.local_size = 8
+        config.swav.queue_size = 2 * BATCH  # compiled in (in use from step 2)
+    if name == "nnclr":
+        config.nnclr.queue_size = 4 * BATCH
     return config
 
 
@@ -48,6 +53,8 @@ def _one_step(config, mesh=None):
     method = methods.get(config.method).make(config)
     images = np.random.default_rng(0).integers(0, 256, (BATCH, 16, 16, 3), dtype=np.uint8)
     batch = {"image": jnp.asarray(images), "index": jnp.arange(BATCH, dtype=jnp.int32)}
+    if method.uses_labels:  # four classes: every image has same-class partners
+        batch["label"] = jnp.arange(BATCH, dtype=jnp.int32) % 4
     key = jax.random.key(0, impl="rbg")
     if mesh is None:
         state = method.init(key, images[:1])

@@ -6,8 +6,8 @@
 The argument after the colon is the method, then optionally the dataset (``cifar10``, the
 default, or ``cifar100``); prepare it once with ``tfds build cifar10 --file_format=array_record``.
 The values are those of solo-learn's ``scripts/pretrain/cifar/*.yaml`` (read at commits
-d1559571, 66cad5b8, 07f8c3bb, 6286947b, 8676d223, 78e2a670, e74719b9), whose linear-probe
-results REFERENCES.md lists: ResNet-18 with the CIFAR stem (3x3 stride 1, no max-pool), batch
+d1559571, 66cad5b8, 07f8c3bb, 6286947b, 8676d223, 78e2a670, e74719b9, 72c172b8), whose
+linear-probe results REFERENCES.md lists: ResNet-18 with the CIFAR stem (3x3 stride 1, no max-pool), batch
 256, 1000 epochs with 10 warm-up epochs then cosine, LARS with biases and normalisation
 parameters excluded (their trust coefficient is 0.02 with clipping; sslax's is 0.001), learning
 rates as given at batch 256.
@@ -16,7 +16,9 @@ Departures, where an sslax recipe stands in for a solo-learn augmentation file: 
 pipeline (MoCo v3, BYOL, DINO, Barlow Twins, VICReg) is sslax's ``byol`` recipe, which keeps
 BYOL's blur (p 1.0 / 0.1) where solo-learn has none at 32 px; MoCo v2's key momentum stays at
 0.99 instead of solo-learn's cosine 0.99 -> 0.999; Barlow Twins has no ``scale_loss`` 0.1
-(LARS makes the update nearly independent of the loss scale).
+(LARS makes the update nearly independent of the loss scale); SwAV uses solo-learn's two
+crops (``num_local=0``), its queue of 3840 from epoch 50 and prototypes frozen for 2 epochs;
+NNCLR's projector is sslax's 3-layer one with output BatchNorm.
 """
 
 from sslax import configs, methods
@@ -82,6 +84,24 @@ RECIPES = {
     "vicreg": (
         dict(learning_rate=0.3, weight_decay=1e-4, recipe="byol", crop_min_scale=0.2),
         dict(expander_dim=2048, sim_coeff=25.0, std_coeff=25.0, cov_coeff=1.0),
+    ),
+    "swav": (
+        dict(learning_rate=0.6, weight_decay=1e-6, temperature=0.1, proj_dim=128),
+        dict(
+            num_prototypes=3000,
+            queue_size=3840,
+            queue_start_step=50 * STEPS_PER_EPOCH,
+            freeze_prototypes_steps=2 * STEPS_PER_EPOCH,
+            num_local=0,
+        ),
+    ),
+    "nnclr": (
+        dict(learning_rate=0.4, weight_decay=1e-5, temperature=0.2, recipe="byol"),
+        dict(queue_size=65_536, pred_hidden_dim=4096),
+    ),
+    "supcon": (
+        dict(optimizer="sgd", learning_rate=0.4, weight_decay=1e-5, temperature=0.2),
+        {},
     ),
 }
 assert set(RECIPES) == set(methods.METHODS)

@@ -22,6 +22,9 @@ METHODS = (
     "dino",
     "barlow_twins",
     "vicreg",
+    "swav",
+    "nnclr",
+    "supcon",
 )
 
 

@@ -40,6 +40,8 @@ class Method:
     ema_encode: the same for the method's moving-average network (BYOL's target, MoCo's key
       encoder, DINO's teacher); None for methods without one. Evaluated beside ``encode``:
       DINO's official kNN evaluation reads the teacher, BYOL's and MoCo's the online network.
+    uses_labels: the train step reads ``batch["label"]`` int32 [N] (SupCon); the labels of
+      every other method stay on the host.
     """
 
     recipe: augment.Recipe
@@ -49,6 +51,7 @@ class Method:
     # (rng, step) -> the key the train step draws its views from; None: step_key.
     view_key: Callable | None = None
     ema_encode: Callable | None = None
+    uses_labels: bool = False
 
     def views(self, batch: dict, rng: jax.Array, step) -> tuple[jax.Array, ...]:
         """The augmented views the train step makes of ``batch`` at ``step`` (previews)."""
@@ -261,6 +264,16 @@ def embed_views_separately(model, params, batch_stats, views):
 
     _, ((_, z), updated) = jax.lax.scan(forward, None, jnp.swapaxes(views, 0, 1), unroll=True)
     return z[0], z[1], jax.tree.map(lambda s: jnp.mean(s, axis=0), updated)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Unit rows (float32), a zero row staying zero, as torch's ``F.normalize``.
+
+    >>> l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]])).tolist()
+    [[0.6000000238418579, 0.800000011920929], [0.0, 0.0]]
+    """
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
 
 
 def state_initializer(model, tx) -> Callable:

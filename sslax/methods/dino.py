@@ -86,6 +86,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.clip_grad = 3.0  # per-tensor gradient norm; 0 disables
     c.freeze_last_layer_steps = 25  # longer than the run: frozen throughout
     c.drop_path_rate = 0.1  # student ViTs only
+    # DINOv2's KoLeo regulariser on the student's backbone features of each global crop
+    # (losses.koleo_loss); 0 is DINO v1, DINOv2 uses 0.1.
+    c.koleo_weight = 0.0
     return c
 
 
@@ -172,29 +175,6 @@ def _clip_each_tensor(max_norm: float) -> optax.GradientTransformation:
     return optax.stateless(clip)
 
 
-def _skip_first(steps: int, inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """Zero updates and an untouched ``inner`` state for the first ``steps`` calls.
-
-    PyTorch's AdamW skips a parameter whose gradient is None, so a frozen layer starts its
-    moments and bias correction when it is released instead of at step 0.
-    """
-
-    def init(params):
-        return (jnp.zeros((), jnp.int32), inner.init(params))
-
-    def update(updates, state, params=None):
-        count, inner_state = state
-        new_updates, new_inner = inner.update(updates, inner_state, params)
-        frozen = count < steps
-        new_updates = jax.tree.map(lambda u: jnp.where(frozen, jnp.zeros_like(u), u), new_updates)
-        new_inner = jax.tree.map(
-            lambda old, new: jnp.where(frozen, old, new), inner_state, new_inner
-        )
-        return new_updates, (optax.safe_increment(count), new_inner)
-
-    return optax.GradientTransformation(init, update)
-
-
 def optimizer(
     config: ml_collections.ConfigDict, lr: optax.Schedule, wd: optax.Schedule
 ) -> optax.GradientTransformation:
@@ -222,7 +202,7 @@ def optimizer(
     return optax.chain(
         _clip_each_tensor(clip) if clip > 0 else optax.identity(),
         optax.multi_transform(
-            {"last": _skip_first(frozen, group(frozen)), "rest": group(0)}, labels
+            {"last": optim.frozen_for(frozen, group(frozen)), "rest": group(0)}, labels
         ),
     )
 
@@ -255,6 +235,7 @@ def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1
             "freeze_last_layer_steps": common.NON_NEGATIVE,
             "weight_decay_end": common.NON_NEGATIVE,
             "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
+            "koleo_weight": common.NON_NEGATIVE,
         },
     )
     # Local crops are smaller crops of the image than the global ones (which are image_size);
@@ -356,7 +337,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         t = jax.lax.stop_gradient(jnp.swapaxes(common.per_image(t, 2), 0, 1))
 
         def loss_fn(params):
-            (_, s), updated = student.apply(
+            (h, s), updated = student.apply(
                 {"params": params, "batch_stats": state.batch_stats},
                 crops,
                 train=True,
@@ -371,6 +352,9 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
                 student_temp=cfg.student_temp,
                 teacher_temp=teacher_temp,
             )
+            if cfg.koleo_weight:
+                # DINOv2: one KoLeo term per global crop, summed.
+                loss += cfg.koleo_weight * sum(losses.koleo_loss(h[:, v]) for v in range(2))
             return loss, (s, updated["batch_stats"])
 
         (loss, (s, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
