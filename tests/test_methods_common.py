@@ -172,7 +172,8 @@ EMA_METHODS = ("byol", "moco_v2", "moco_v3", "dino")
         # 10 s each: DINO's (the teacher its official kNN reads) in the default suite, the
         # others in the slow one (CI's time budget).
         pytest.param(n, marks=pytest.mark.slow) if n in ("byol", "moco_v2", "moco_v3") else n
-        for n in EMA_METHODS + ("simclr", "simsiam", "barlow_twins", "vicreg", "swav", "nnclr", "supcon")
+        for n in EMA_METHODS
+        + ("simclr", "simsiam", "barlow_twins", "vicreg", "swav", "nnclr", "supcon")
     ],
 )
 def test_ema_encode_reads_the_moving_average_network_and_only_it(name):

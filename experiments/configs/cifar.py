@@ -7,10 +7,10 @@ The argument after the colon is the method, then optionally the dataset (``cifar
 default, or ``cifar100``); prepare it once with ``tfds build cifar10 --file_format=array_record``.
 The values are those of solo-learn's ``scripts/pretrain/cifar/*.yaml`` (read at commits
 d1559571, 66cad5b8, 07f8c3bb, 6286947b, 8676d223, 78e2a670, e74719b9, 72c172b8), whose
-linear-probe results REFERENCES.md lists: ResNet-18 with the CIFAR stem (3x3 stride 1, no max-pool), batch
-256, 1000 epochs with 10 warm-up epochs then cosine, LARS with biases and normalisation
-parameters excluded (their trust coefficient is 0.02 with clipping; sslax's is 0.001), learning
-rates as given at batch 256.
+linear-probe results REFERENCES.md lists: ResNet-18 with the CIFAR stem (3x3 stride 1, no
+max-pool), batch 256, 1000 epochs with 10 warm-up epochs then cosine, LARS with biases and
+normalisation parameters excluded (their trust coefficient is 0.02 with clipping; sslax's is
+0.001), learning rates as given at batch 256.
 
 Departures, where an sslax recipe stands in for a solo-learn augmentation file: the asymmetric
 pipeline (MoCo v3, BYOL, DINO, Barlow Twins, VICReg) is sslax's ``byol`` recipe, which keeps

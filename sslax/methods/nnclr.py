@@ -99,16 +99,20 @@ def nnclr_loss(nn: jax.Array, p: jax.Array, temperature: float) -> jax.Array:
     return jnp.mean(jax.nn.logsumexp(logits, axis=1) - positive)
 
 
+def projector(config: ml_collections.ConfigDict) -> MLPHead:
+    """The paper's projector: ``proj_layers - 1`` hidden layers, BatchNorm on the output."""
+    return MLPHead(
+        hidden_dims=(config.proj_hidden_dim,) * (config.nnclr.proj_layers - 1),
+        out_dim=config.proj_dim,
+        output_norm=True,
+        dtype=common.compute_dtype(config),
+    )
+
+
 def make(config: ml_collections.ConfigDict) -> common.Method:
     section = config.nnclr
     dtype = common.compute_dtype(config)
-    projector = MLPHead(
-        hidden_dims=(config.proj_hidden_dim,) * (section.proj_layers - 1),
-        out_dim=config.proj_dim,
-        output_norm=True,
-        dtype=dtype,
-    )
-    encoder = common.encoder(config, projector)
+    encoder = common.encoder(config, projector(config))
     predictor = MLPHead(
         hidden_dims=(section.pred_hidden_dim,), out_dim=config.proj_dim, dtype=dtype
     )

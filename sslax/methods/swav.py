@@ -97,7 +97,9 @@ class SwAVState:
     params: Any  # {"encoder": ..., "prototypes": [D, K]}
     batch_stats: Any
     opt_state: Any
-    queue: jax.Array  # [2, Q, D] float32 unit rows, newest first; [2, 0, D] without a queue
+    # [2, Q, D] float32 unit rows, newest first; None without a queue (orbax saves no empty
+    # arrays).
+    queue: jax.Array | None
 
 
 def recipe_of(config: ml_collections.ConfigDict) -> augment.Recipe:
@@ -164,7 +166,11 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             params=params,
             batch_stats={"encoder": batch_stats},
             opt_state=tx.init(params),
-            queue=jnp.zeros((2, section.queue_size, config.proj_dim), jnp.float32),
+            queue=(
+                jnp.zeros((2, section.queue_size, config.proj_dim), jnp.float32)
+                if section.queue_size
+                else None
+            ),
         )
 
     def train_step(state, batch, rng):
