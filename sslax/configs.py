@@ -113,6 +113,8 @@ def shapes_config(method: str) -> ml_collections.ConfigDict:
 
     for name in methods.METHODS:
         c[name] = methods.get(name).defaults()
+    if method in methods.VIT_ONLY:  # masked patches need a ViT: sslax's laptop-sized one
+        c.model, c.patch_size = "vit_micro", 8
     return c
 
 

@@ -166,6 +166,26 @@ SECTIONS = {
         "proj_layers": _ok(1, 2, 3) + _bad(0),
     },
     "supcon": {},
+    "mae": {
+        "mask_ratio": _ok(0.5, 0.75) + _depends(0.9) + _bad(0.0, 1.0),
+        "decoder_dim": _ok(16, 32) + _depends(6) + _bad(0),
+        "decoder_depth": _ok(1, 2) + _bad(0),
+        "decoder_heads": _ok(1, 2) + _bad(0),
+        "norm_pix": _ok(True, False),
+        "adam_b2": _ok(0.95, 0.0) + _bad(1.0),
+    },
+    "dinov2": {
+        "koleo_weight": _ok(0.0, 0.1) + _bad(-1.0),
+        "ibot_weight": _ok(0.0, 1.0) + _bad(-1.0),
+        "mask_probability": _ok(0.0, 0.5, 1.0) + _bad(1.5),
+        "mask_ratio_min": _depends(0.1, 0.6) + _bad(-0.1),
+        "mask_ratio_max": _depends(0.5, 0.05, 1.0) + _bad(2.0),
+        "centering_mode": _ok("centering", "sinkhorn_knopp") + _bad("none"),
+        "use_bn_in_head": _ok(False) + _bad(True),
+        "sinkhorn_iters": _ok(1, 3) + _bad(0),
+        "local_size": _depends(8, 16, 4, 6) + _bad(0),
+        "num_local": _ok(0, 1, 2) + _bad(-1),
+    },
 }
 
 
@@ -206,6 +226,9 @@ def tiny_base(method: str):
     c.byol.predictor_hidden_dim = c.moco_v3.pred_hidden_dim = 32
     c.swav.num_prototypes, c.swav.local_size, c.swav.num_local = 10, 8, 2
     c.nnclr.queue_size, c.nnclr.pred_hidden_dim = 64, 32
+    c.mae.decoder_dim, c.mae.decoder_heads = 16, 2
+    c.dinov2.out_dim, c.dinov2.hidden_dim, c.dinov2.bottleneck_dim = 64, 32, 16
+    c.dinov2.local_size, c.dinov2.num_local = 8, 2
     return c
 
 

@@ -97,6 +97,12 @@ def test_every_method_default_config_passes_its_checks(method):
     train.validate_config(_config(method), num_devices=1)
 
 
+@pytest.mark.parametrize("method", methods.VIT_ONLY)
+def test_masked_patch_methods_on_a_resnet_are_refused_with_the_fix(method):
+    with pytest.raises(train.ConfigError, match=f"{method} needs a ViT.*--config.model=vit_micro"):
+        train.validate_config(_config(method, model="resnet18"), num_devices=1)
+
+
 @pytest.mark.parametrize(
     "method, field, value, message",
     [

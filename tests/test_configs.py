@@ -101,6 +101,10 @@ PAPER = {
         batch=2048, epochs=1000, warmup=10, opt="lars", lr=1.6, wd=1.5e-6
     ),
     "vicreg_imagenet": dict(batch=2048, epochs=1000, warmup=10, opt="lars", lr=1.6, wd=1e-6),
+    "swav_imagenet": dict(batch=4096, epochs=800, warmup=10, opt="lars", lr=4.8, wd=1e-6),
+    "nnclr_imagenet": dict(batch=4096, epochs=1000, warmup=10, opt="lars", lr=4.8, wd=1e-6),
+    "supcon_imagenet": dict(batch=4096, epochs=700, warmup=10, opt="lars", lr=4.8, wd=1e-6),
+    "mae_imagenet": dict(batch=4096, epochs=1600, warmup=40, opt="adamw", lr=2.4e-3, wd=0.05),
 }
 OWN = {
     "simclr_imagenet": dict(temperature=0.1, proj_dim=128, crop_min_scale=0.08),
@@ -151,6 +155,36 @@ OWN = {
         "vicreg.cov_coeff": 1.0,
         "vicreg.expander_dim": 8192,
     },
+    "swav_imagenet": {
+        "temperature": 0.1,
+        "proj_dim": 128,
+        "crop_min_scale": 0.14,
+        "swav.num_prototypes": 3000,
+        "swav.epsilon": 0.05,
+        "swav.sinkhorn_iters": 3,
+        "swav.num_local": 6,
+        "swav.local_size": 96,
+        "swav.local_min_scale": 0.05,
+        "swav.queue_size": 0,
+        "swav.freeze_prototypes_steps": 1_281_167 // 4096,
+    },
+    "nnclr_imagenet": {
+        "temperature": 0.1,
+        "proj_dim": 256,
+        "nnclr.queue_size": 98_304,
+        "nnclr.pred_hidden_dim": 4096,
+    },
+    "supcon_imagenet": {"temperature": 0.1, "proj_dim": 128},
+    "mae_imagenet": {
+        "model": "vit_base",
+        "patch_size": 16,
+        "crop_min_scale": 0.2,
+        "mae.mask_ratio": 0.75,
+        "mae.decoder_dim": 512,
+        "mae.decoder_depth": 8,
+        "mae.norm_pix": True,
+        "mae.adam_b2": 0.95,
+    },
 }
 
 
@@ -172,3 +206,25 @@ def test_imagenet_configs_hold_the_paper_recipe(name):
         for part in path.split("."):
             node = node[part]
         assert node == value, path
+
+
+def test_dinov2_imagenet_config_holds_the_official_defaults():
+    # ssl_default_config.yaml: iterations, not ImageNet epochs (1,250 per "epoch").
+    config = load("dinov2_imagenet")
+    peak = optim.scaled_learning_rate(
+        config.learning_rate, batch_size=config.batch_size, rule=config.lr_scaling
+    )
+    assert peak == pytest.approx(0.004) and config.batch_size == 1024
+    assert (config.total_steps, config.warmup_steps) == (125_000, 12_500)
+    section = config.dinov2
+    assert (section.koleo_weight, section.ibot_weight) == (0.1, 1.0)
+    assert (section.mask_probability, section.mask_ratio_min, section.mask_ratio_max) == (
+        0.5,
+        0.1,
+        0.5,
+    )
+    assert (section.out_dim, section.teacher_momentum_base, section.teacher_temp) == (
+        65536,
+        0.992,
+        0.07,
+    )

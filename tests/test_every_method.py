@@ -16,7 +16,12 @@ from ml_collections import ConfigDict
 from sslax import methods
 
 STEPS = 20
-EXTRA = {"dino": ["--config.dino.local_size=8"]}  # local crops smaller than the 16 px globals
+VIT = ["--config.model=vit_micro", "--config.patch_size=4"]  # from the default (ResNet) file
+EXTRA = {
+    "dino": ["--config.dino.local_size=8"],  # local crops smaller than the 16 px globals
+    "mae": VIT,
+    "dinov2": [*VIT, "--config.dinov2.local_size=8"],
+}
 # embedding_std x sqrt(D) at step 20, measured (seed 0): 1 is an even spread, 0 collapse. BYOL
 # without stop-gradient ends at 0.08 (tests/test_byol_simsiam.py), the collapsed DINO runs at
 # 0.02-0.04 (tests/test_dino.py).
@@ -62,7 +67,7 @@ def test_method_trains_from_the_main_command(name, tmp_path, data_dir):
     assert results["method"] == name and results["steps"] == STEPS
     # The moving-average network's kNN, for the methods that have one.
     ema = results["knn_top1_ema"]
-    assert (ema is not None) == (name in ("byol", "moco_v2", "moco_v3", "dino")), ema
+    assert (ema is not None) == (name in ("byol", "moco_v2", "moco_v3", "dino", "dinov2")), ema
     assert ema is None or 0.0 <= ema <= 1.0
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
     logged = [r for r in records if "loss" in r]

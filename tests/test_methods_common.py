@@ -163,7 +163,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_optimizer_state(method):
     assert "bf16" in hlo
 
 
-EMA_METHODS = ("byol", "moco_v2", "moco_v3", "dino")
+EMA_METHODS = ("byol", "moco_v2", "moco_v3", "dino", "dinov2")
 
 
 @pytest.mark.parametrize(
@@ -173,7 +173,7 @@ EMA_METHODS = ("byol", "moco_v2", "moco_v3", "dino")
         # others in the slow one (CI's time budget).
         pytest.param(n, marks=pytest.mark.slow) if n in ("byol", "moco_v2", "moco_v3") else n
         for n in EMA_METHODS
-        + ("simclr", "simsiam", "barlow_twins", "vicreg", "swav", "nnclr", "supcon")
+        + ("simclr", "simsiam", "barlow_twins", "vicreg", "swav", "nnclr", "supcon", "mae")
     ],
 )
 def test_ema_encode_reads_the_moving_average_network_and_only_it(name):
@@ -181,15 +181,15 @@ def test_ema_encode_reads_the_moving_average_network_and_only_it(name):
 
     config = configs.shapes_config(name)
     config.update(image_size=16, width=0.125, proj_hidden_dim=32, proj_dim=16)
-    if name == "dino":
-        config.dino.update(local_size=8, out_dim=32, hidden_dim=32, bottleneck_dim=16)
+    if name in ("dino", "dinov2"):
+        config[name].update(local_size=8, out_dim=32, hidden_dim=32, bottleneck_dim=16)
     method = methods.get(name).make(config)
     if name not in EMA_METHODS:
         assert method.ema_encode is None
         return
     images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     state = jax.jit(method.init)(jax.random.key(0), images[:1])
-    field = "teacher_params" if name == "dino" else "target_params"
+    field = "teacher_params" if name in ("dino", "dinov2") else "target_params"
     moved = state.replace(**{field: jax.tree.map(lambda p: 0.5 * p, getattr(state, field))})
 
     @jax.jit

@@ -40,6 +40,8 @@ def _config(name):
         config.moco_v2.shuffle_bn_groups = 2
     if name == "dino":
         config.dino.local_size = 8
+    if name == "dinov2":
+        config.dinov2.local_size = 8
     if name == "swav":
         config.swav.local_size = 8
         config.swav.queue_size = 2 * BATCH  # compiled in (in use from step 2)

@@ -49,4 +49,6 @@ def _tiny(name):
         config.dino.local_size = 8
     if name == "swav":
         config.swav.local_size = 8
+    if name == "dinov2":
+        config.dinov2.local_size = 8
     return config

@@ -143,7 +143,7 @@ def test_invalid_patch_or_input_size_raises(tiny_variables):
         _tiny(num_heads=3)
     with pytest.raises(ValueError, match="not divisible"):
         _tiny().apply(tiny_variables, _images(size=36), train=False)
-    assert set(VIT_PRESETS) == {"vit_tiny", "vit_small", "vit_base"}
+    assert set(VIT_PRESETS) == {"vit_micro", "vit_tiny", "vit_small", "vit_base"}
 
 
 def test_pos_embedding_interpolation_same_grid_is_identity():

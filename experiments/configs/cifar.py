@@ -18,7 +18,10 @@ BYOL's blur (p 1.0 / 0.1) where solo-learn has none at 32 px; MoCo v2's key mome
 0.99 instead of solo-learn's cosine 0.99 -> 0.999; Barlow Twins has no ``scale_loss`` 0.1
 (LARS makes the update nearly independent of the loss scale); SwAV uses solo-learn's two
 crops (``num_local=0``), its queue of 3840 from epoch 50 and prototypes frozen for 2 epochs;
-NNCLR's projector is sslax's 3-layer one with output BatchNorm.
+NNCLR's projector is sslax's 3-layer one with output BatchNorm; MAE's views are the crop
+(area 0.08-1, solo-learn's ``reconstruction.yaml``) and flip; DINOv2 has no solo-learn recipe
+(its entry is sslax's: DINO's AdamW schedule on ViT-S/4, DINOv2's terms at their official
+weights).
 """
 
 from sslax import configs, methods
@@ -102,6 +105,29 @@ RECIPES = {
     "supcon": (
         dict(optimizer="sgd", learning_rate=0.4, weight_decay=1e-5, temperature=0.2),
         {},
+    ),
+    "mae": (
+        dict(
+            model="vit_small",
+            patch_size=4,
+            optimizer="adamw",
+            learning_rate=2e-4,
+            weight_decay=0.05,
+            crop_min_scale=0.08,
+        ),
+        dict(decoder_dim=512, decoder_depth=8, decoder_heads=16, mask_ratio=0.75, norm_pix=True),
+    ),
+    # No solo-learn recipe: DINO's above on a ViT-S/4, with DINOv2's own terms at their
+    # official weights.
+    "dinov2": (
+        dict(
+            model="vit_small",
+            patch_size=4,
+            optimizer="adamw",
+            learning_rate=5e-4,
+            weight_decay=0.04,
+        ),
+        dict(out_dim=4096, hidden_dim=2048, bottleneck_dim=256, num_local=0, local_size=16),
     ),
 }
 assert set(RECIPES) == set(methods.METHODS)

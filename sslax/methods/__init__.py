@@ -25,7 +25,13 @@ METHODS = (
     "swav",
     "nnclr",
     "supcon",
+    "mae",
+    "dinov2",
 )
+
+
+# Methods whose encoder must be a ViT (masked patches); configs.shapes_config gives them one.
+VIT_ONLY = ("mae", "dinov2")
 
 
 def get(name: str):
@@ -37,8 +43,12 @@ def get(name: str):
 
 def embedding_dim(config) -> int:
     """D of the embeddings whose ``embedding_std`` a method logs (1/sqrt(D) when spread evenly)."""
-    if config.method == "dino":
-        return config.dino.out_dim
+    if config.method in ("dino", "dinov2"):
+        return config[config.method].out_dim
+    if config.method == "mae":  # the encoder's tokens: no projection
+        from sslax.models.vit import VIT_PRESETS
+
+        return VIT_PRESETS.get(config.model, (config.proj_dim,))[0]
     if config.method in ("barlow_twins", "vicreg"):
         return config[config.method].expander_dim
     if config.method == "simclr" and config.simclr.projection_head == "none":

@@ -134,14 +134,14 @@ class MultiCropEncoder(nn.Module):
         return h, common.per_image(z, h.shape[1])
 
 
-def teacher_temperature(step, config: ml_collections.ConfigDict):
+def teacher_temperature(step, config: ml_collections.ConfigDict, section: str = "dino"):
     """Linear from ``warmup_teacher_temp`` at step 0 to ``teacher_temp`` at the end of warm-up.
 
     The warm-up of ``dino.warmup_teacher_temp_steps`` is clipped to the run like every
     warm-up (:func:`sslax.optim.clipped_warmup`). Without sharpening the teacher uses the
     student's temperature throughout.
     """
-    cfg = config.dino
+    cfg = config[section]
     if not cfg.sharpening:
         return jnp.full(jnp.shape(step), cfg.student_temp, jnp.float32)
     warmup = optim.clipped_warmup(cfg.warmup_teacher_temp_steps, config.total_steps)
@@ -151,9 +151,12 @@ def teacher_temperature(step, config: ml_collections.ConfigDict):
     return cfg.warmup_teacher_temp + (cfg.teacher_temp - cfg.warmup_teacher_temp) * progress
 
 
-def weight_decay_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-    """Cosine from ``config.weight_decay`` at step 0 to ``dino.weight_decay_end`` at the end."""
-    start, end = config.weight_decay, config.dino.weight_decay_end
+def weight_decay_schedule(
+    config: ml_collections.ConfigDict, section: str = "dino"
+) -> optax.Schedule:
+    """Cosine from ``config.weight_decay`` at step 0 to ``dino.weight_decay_end`` at the end
+    (``section``: the config section holding it, "dinov2" for DINOv2)."""
+    start, end = config.weight_decay, config[section].weight_decay_end
     total = max(config.total_steps, 1)
 
     def schedule(step):
@@ -176,14 +179,17 @@ def _clip_each_tensor(max_norm: float) -> optax.GradientTransformation:
 
 
 def optimizer(
-    config: ml_collections.ConfigDict, lr: optax.Schedule, wd: optax.Schedule
+    config: ml_collections.ConfigDict,
+    lr: optax.Schedule,
+    wd: optax.Schedule,
+    section: str = "dino",
 ) -> optax.GradientTransformation:
     """``config.optimizer`` with DINO's scheduled weight decay, clipping and frozen last layer.
 
     The weight decay of :func:`sslax.optim.make_optimizer` (weights only) follows ``wd``
     instead of staying constant; gradients are clipped tensor by tensor first.
     """
-    frozen = config.dino.freeze_last_layer_steps
+    frozen = config[section].freeze_last_layer_steps
 
     def group(offset: int):
         # A group released at step `offset` counts its own steps from there, while its
@@ -198,7 +204,7 @@ def optimizer(
     def labels(params):
         return jax.tree.map(lambda last: "last" if last else "rest", last_layer_mask(params))
 
-    clip = config.dino.clip_grad
+    clip = config[section].clip_grad
     return optax.chain(
         _clip_each_tensor(clip) if clip > 0 else optax.identity(),
         optax.multi_transform(
@@ -213,10 +219,15 @@ def _entropy(probs):
 
 def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1) -> None:
     """Raises ValueError for ``config.dino`` values DINO cannot run with."""
-    cfg = config.dino
+    check_section(config, "dino")
+
+
+def check_section(config: ml_collections.ConfigDict, section: str) -> None:
+    """Raises ValueError for values of DINO's fields in ``config[section]`` (DINO, DINOv2)."""
+    cfg = config[section]
     common.check_section(
         config,
-        "dino",
+        section,
         {
             "out_dim": common.AT_LEAST_ONE,
             "hidden_dim": common.AT_LEAST_ONE,
@@ -242,12 +253,12 @@ def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1
     # larger only upsamples. As large works (tests/test_dino.py traces it).
     if cfg.num_local and cfg.local_size > config.image_size:
         raise ValueError(
-            f"dino.local_size must be <= image_size {config.image_size} (the global crops' "
+            f"{section}.local_size must be <= image_size {config.image_size} (the global crops' "
             f"size; local crops are smaller), got {cfg.local_size}"
         )
     if config.model in VIT_PRESETS and cfg.num_local and cfg.local_size % config.patch_size:
         raise ValueError(
-            f"dino.local_size {cfg.local_size} does not divide by patch_size {config.patch_size}"
+            f"{section}.local_size {cfg.local_size} does not divide by patch_size {config.patch_size}"
         )
 
 

@@ -32,8 +32,10 @@ import jax.numpy as jnp
 
 from sslax.models import remat as remat_lib
 
-# name -> (hidden_dim, depth, num_heads, mlp_dim), as in timm / DINO.
+# name -> (hidden_dim, depth, num_heads, mlp_dim), as in timm / DINO; "vit_micro" is sslax's
+# laptop size (the masked-patch methods on the built-in data), not a published model.
 VIT_PRESETS = {
+    "vit_micro": (128, 4, 4, 512),
     "vit_tiny": (192, 12, 3, 768),
     "vit_small": (384, 12, 6, 1536),
     "vit_base": (768, 12, 12, 3072),
@@ -131,6 +133,14 @@ class ViT(nn.Module):
       drop_path_rate: stochastic-depth rate of the last block (linear from 0 over the blocks).
       remat: what the backward pass recomputes rather than keeps: one of
         :data:`sslax.models.remat.REMAT` ("dots" keeps each block's projection outputs).
+      mask_token: a learned token (zeros at init, as DINOv2's) that replaces the patches a
+        ``mask`` selects: masked image modelling (iBOT, DINOv2).
+
+    Calls take, besides the images: ``mask`` [N, L] bool (needs ``mask_token``), the patches
+    to replace before the position embeddings are added; ``keep`` [N, L_keep] int, the patches
+    to keep (MAE's encoder sees only the visible ones; position embeddings are added first, so
+    each kept patch keeps its place); ``tokens=True`` returns every token after the final
+    LayerNorm, [N, 1 + L, D] with CLS first (L_keep with ``keep``), instead of the CLS token.
     """
 
     patch_size: int
@@ -142,6 +152,7 @@ class ViT(nn.Module):
     image_size: int = 224
     drop_path_rate: float = 0.0
     remat: str = "none"
+    mask_token: bool = False
 
     def __post_init__(self):
         if (
@@ -163,12 +174,20 @@ class ViT(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, images, *, train: bool):
+    def __call__(self, images, *, train: bool, mask=None, keep=None, tokens: bool = False):
         n, height, width, _ = images.shape
         p = self.patch_size
         if height % p or width % p:
             raise ValueError(f"input of {height}x{width} px is not divisible by patch_size={p}")
         grid = (height // p, width // p)
+        patches = grid[0] * grid[1]
+        if mask is not None and (not self.mask_token or jnp.shape(mask) != (n, patches)):
+            raise ValueError(
+                f"mask must be [N, L] = {(n, patches)} booleans for a ViT built with "
+                f"mask_token=True; got shape {jnp.shape(mask)}, mask_token={self.mask_token}"
+            )
+        if keep is not None and (jnp.ndim(keep) != 2 or jnp.shape(keep)[0] != n):
+            raise ValueError(f"keep must be [N, L_keep] = [{n}, ...], got {jnp.shape(keep)}")
 
         # Functions of (module, x) that make their submodules where they run, so that remat can
         # lift them; ``train`` is closed over (remat would trace an argument).
@@ -182,7 +201,7 @@ class ViT(nn.Module):
 
             return remat_lib.rematted(apply, self.remat, per_block=True, dots_policy=DOTS_POLICY)
 
-        def layers(module, images):
+        def layers(module, images, mask, keep):
             x = nn.Conv(
                 self.hidden_dim,
                 (p, p),
@@ -191,7 +210,13 @@ class ViT(nn.Module):
                 dtype=self.dtype,
                 name="patch_embed",
             )(images.astype(self.dtype))
-            x = x.reshape(n, grid[0] * grid[1], self.hidden_dim)
+            x = x.reshape(n, patches, self.hidden_dim)
+            if self.mask_token:
+                token = module.param(
+                    "mask_token", nn.initializers.zeros, (1, 1, self.hidden_dim), jnp.float32
+                )
+                if mask is not None:
+                    x = jnp.where(mask[..., None], token.astype(x.dtype), x)
 
             ref = self.image_size // p
             cls = module.param("cls_token", _init, (1, 1, self.hidden_dim), jnp.float32)
@@ -202,16 +227,17 @@ class ViT(nn.Module):
             pos = jnp.concatenate([pos[0, :1], interpolate_pos_embedding(pos[0, 1:], grid)])
             # Kept only if 'intermediates' is mutable.
             module.sow("intermediates", "pos_embedding", pos)
-            x = jnp.concatenate(
-                [jnp.broadcast_to(cls, (n, 1, self.hidden_dim)).astype(x.dtype), x], axis=1
-            )
-            x = x + pos[None].astype(x.dtype)
+            x = x + pos[None, 1:].astype(x.dtype)
+            if keep is not None:
+                x = jnp.take_along_axis(x, keep[..., None], axis=1)
+            cls = (cls + pos[None, :1]).astype(x.dtype)
+            x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.hidden_dim)), x], axis=1)
             for i in range(self.depth):
                 x = block(i)(module, x)
             x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
-            return x[:, 0].astype(jnp.float32)
+            return (x if tokens else x[:, 0]).astype(jnp.float32)
 
-        return remat_lib.rematted(layers, self.remat, per_block=False)(self, images)
+        return remat_lib.rematted(layers, self.remat, per_block=False)(self, images, mask, keep)
 
 
 def vit_from_name(
@@ -221,6 +247,7 @@ def vit_from_name(
     dtype: Any = jnp.float32,
     drop_path_rate: float = 0.0,
     remat: str = "none",
+    mask_token: bool = False,
 ) -> ViT:
     """A preset ViT ("vit_tiny", "vit_small", "vit_base") with the given patch size."""
     if name not in VIT_PRESETS:
@@ -236,4 +263,5 @@ def vit_from_name(
         image_size=image_size,
         drop_path_rate=drop_path_rate,
         remat=remat,
+        mask_token=mask_token,
     )
