@@ -48,6 +48,7 @@ def measure(method: str, mesh_name: str) -> dict:
         "collectives": plan.collective_stats(compiled.as_text()),
         "grad_bytes": sum(math.prod(p.shape) * p.dtype.itemsize for p in jax.tree.leaves(params)),
         "proj_dim": config.proj_dim,
+        "model": config.model,
         "section": config[method].to_dict() if method in config else {},
     }
 

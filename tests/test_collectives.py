@@ -21,6 +21,7 @@ import sys
 import pytest
 
 from sslax import plan
+from sslax.models.vit import VIT_PRESETS
 
 CHILD = pathlib.Path(__file__).parent / "collectives.py"
 METHODS = (
@@ -35,6 +36,8 @@ METHODS = (
     "swav",
     "nnclr",
     "supcon",
+    "mae",
+    "dinov2",
 )
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 BATCH, DEVICES, F32 = 64, 8, 4
@@ -79,25 +82,35 @@ def _gathered_by_the_loss(method: str, record: dict) -> int:
     embeddings = BATCH * record["proj_dim"] * F32
     # SimCLR's negatives are both views of every image, MoCo v3's the keys of both views;
     # MoCo v2 gathers one key per image to enqueue. SupCon gathers both views and their labels
-    # (int32); NNCLR the predictions of both views (the other side of each logit matrix) and
-    # one projection per image to enqueue. The rest reduce statistics instead (SwAV's
-    # Sinkhorn-Knopp sums over the batch).
+    # (int32: per view for the loss, per image for its same-class metric); NNCLR the predictions of both views (the other side of each logit matrix) and
+    # one projection per image to enqueue. DINOv2's KoLeo searches each global crop's class
+    # tokens over the batch: two gathers per crop (the neighbour search, the neighbours' rows).
+    # The rest reduce statistics instead (SwAV's Sinkhorn-Knopp sums over the batch).
+    if method == "dinov2":
+        return 2 * 2 * BATCH * VIT_PRESETS[record["model"]][0] * F32
     return {
         "simclr": 2 * embeddings,
         "moco_v3": 2 * embeddings,
         "moco_v2": embeddings,
-        "supcon": 2 * embeddings + 2 * BATCH * 4,
+        "supcon": 2 * embeddings + 3 * BATCH * 4,
         "nnclr": 3 * embeddings,
     }.get(method, 0)
 
 
 # At most this many gradients' worth of all-reduce per step. A method whose encoder runs more
-# than once (MoCo v3: one pass per view; DINO: the global and the local crops at their own
-# resolutions, as SwAV; Barlow Twins and VICReg: one pass per view for per-view BatchNorm) gets a
-# partial gradient per pass, and XLA:CPU all-reduces a share of them, or each, before summing
+# than once (MoCo v3: one pass per view; DINO, DINOv2 and SwAV: the global and the local crops
+# at their own resolutions; Barlow Twins and VICReg: one pass per view for per-view BatchNorm)
+# gets a partial gradient per pass, and XLA:CPU all-reduces a share of them, or each, before summing
 # (measured: 2.02, 1.81, 2.17 and, beside its covariances, 2.17 gradients). The TPU compiler
 # sums them first (test_per_view_passes_reduce_the_gradient_once_on_tpu).
-GRADIENT_PASSES = {"moco_v3": 2, "dino": 2, "barlow_twins": 2, "vicreg": 2, "swav": 2}
+GRADIENT_PASSES = {
+    "moco_v3": 2,
+    "dino": 2,
+    "barlow_twins": 2,
+    "vicreg": 2,
+    "swav": 2,
+    "dinov2": 2,
+}
 
 
 def _reduced_by_the_loss(method: str, record: dict) -> int:

@@ -258,7 +258,8 @@ def check_section(config: ml_collections.ConfigDict, section: str) -> None:
         )
     if config.model in VIT_PRESETS and cfg.num_local and cfg.local_size % config.patch_size:
         raise ValueError(
-            f"{section}.local_size {cfg.local_size} does not divide by patch_size {config.patch_size}"
+            f"{section}.local_size {cfg.local_size} does not divide by patch_size "
+            f"{config.patch_size}"
         )
 
 
