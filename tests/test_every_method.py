@@ -8,6 +8,7 @@ same point, 1/sqrt(D) when the embeddings spread evenly over the sphere.
 
 import json
 import math
+import shutil
 
 import pytest
 from cli_runs import TINY, run_cli
@@ -85,3 +86,28 @@ def test_method_trains_from_the_main_command(name, tmp_path, data_dir):
     config = json.loads((workdir / "config.json").read_text())
     spread = logged[-1]["embedding_std"] * math.sqrt(methods.embedding_dim(ConfigDict(config)))
     assert spread > 0.15, f"{name}: embedding_std x sqrt(D) {spread:.3f}, measured {MEASURED[name]}"
+
+
+NEW_IN_ISSUE_20 = ("swav", "nnclr", "mae", "dinov2", "supcon")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NEW_IN_ISSUE_20)
+def test_resuming_from_a_mid_run_checkpoint_ends_like_the_straight_run(name, tmp_path, data_dir):
+    # Queues, centres, masks and labels included: the state and every key come back exactly.
+    straight = tmp_path / "straight"
+    flags = [f"--config.method={name}", *TINY, *EXTRA.get(name, [])]
+    flags += ["--config.total_steps=4", "--config.checkpoint_every=2"]
+    if name == "swav":  # the queue, in use from step 2
+        flags.append("--config.swav.queue_size=32")
+    result = run_cli([*flags, f"--workdir={straight}"], data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "4")
+    (resumed / "results.json").unlink()
+    result = run_cli([*flags, f"--workdir={resumed}"], data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from the checkpoint at step 2" in result.stdout + result.stderr
+    first, second = (json.loads((d / "results.json").read_text()) for d in (straight, resumed))
+    assert second["params_checksum"] == first["params_checksum"]
