@@ -82,8 +82,9 @@ def _gathered_by_the_loss(method: str, record: dict) -> int:
     embeddings = BATCH * record["proj_dim"] * F32
     # SimCLR's negatives are both views of every image, MoCo v3's the keys of both views;
     # MoCo v2 gathers one key per image to enqueue. SupCon gathers both views and their labels
-    # (int32: per view for the loss, per image for its same-class metric); NNCLR the predictions of both views (the other side of each logit matrix) and
-    # one projection per image to enqueue. DINOv2's KoLeo searches each global crop's class
+    # (int32: per view for the loss, per image for its same-class metric); NNCLR the
+    # predictions of both views (the other side of each logit matrix) and one projection per
+    # image to enqueue. DINOv2's KoLeo searches each global crop's class
     # tokens over the batch: two gathers per crop (the neighbour search, the neighbours' rows).
     # The rest reduce statistics instead (SwAV's Sinkhorn-Knopp sums over the batch).
     if method == "dinov2":
