@@ -282,19 +282,25 @@ def check_unused_local_crops(config: ml_collections.ConfigDict) -> None:
             )
 
 
-def make(config: ml_collections.ConfigDict) -> common.Method:
-    check_config(config)
-    cfg = config.dino
-    dtype = common.compute_dtype(config)
-    head = DINOHead(
+def head_of(config: ml_collections.ConfigDict, section: str = "dino") -> DINOHead:
+    """The DINO head that ``config[section]`` describes (DINO's, DINOv2's)."""
+    cfg = config[section]
+    return DINOHead(
         out_dim=cfg.out_dim,
         hidden_dim=cfg.hidden_dim,
         bottleneck_dim=cfg.bottleneck_dim,
         num_layers=cfg.num_layers,
         use_bn=cfg.use_bn_in_head,
         norm_last_layer=cfg.norm_last_layer,
-        dtype=dtype,
+        dtype=common.compute_dtype(config),
     )
+
+
+def make(config: ml_collections.ConfigDict) -> common.Method:
+    check_config(config)
+    cfg = config.dino
+    dtype = common.compute_dtype(config)
+    head = head_of(config)
     teacher_backbone = common.backbone(config)
     student_backbone = teacher_backbone
     if config.model in VIT_PRESETS:

@@ -29,7 +29,6 @@ DINOv2's layer-wise learning-rate decay and patch-embedding rate multiplier are 
 
 from __future__ import annotations
 
-from typing import Any
 
 import flax
 import flax.linen as nn
@@ -40,7 +39,7 @@ import optax
 
 from sslax import augment, diagnostics, losses
 from sslax.methods import common, dino
-from sslax.models import DINOHead, vit_from_name
+from sslax.models import vit_from_name
 from sslax.models.vit import VIT_PRESETS
 
 CENTERINGS = ("centering", "sinkhorn_knopp")
@@ -98,16 +97,9 @@ def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1
 
 
 @flax.struct.dataclass
-class DINOv2State:
-    """The student, the teacher and the two centres (class and patch logits)."""
+class DINOv2State(dino.DINOState):
+    """DINO's state (student, teacher, the class-token centre) and the patch-logit centre."""
 
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    teacher_params: Any
-    teacher_batch_stats: Any
-    center: jax.Array
     patch_center: jax.Array
 
 
@@ -182,15 +174,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     check_config(config)
     cfg = config.dinov2
     dtype = common.compute_dtype(config)
-    head = DINOHead(
-        out_dim=cfg.out_dim,
-        hidden_dim=cfg.hidden_dim,
-        bottleneck_dim=cfg.bottleneck_dim,
-        num_layers=cfg.num_layers,
-        use_bn=cfg.use_bn_in_head,
-        norm_last_layer=cfg.norm_last_layer,
-        dtype=dtype,
-    )
+    head = dino.head_of(config, "dinov2")
 
     def backbone(drop_path_rate):
         return vit_from_name(
