@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["alignment", "effective_rank", "embedding_std", "uniformity"]
+__all__ = ["alignment", "effective_rank", "embedding_std", "entropy", "uniformity"]
 
 # Full float32 matmuls on TPU/GPU, whose default precision rounds the operands.
 _PRECISION = lax.Precision.HIGHEST
@@ -128,6 +128,15 @@ def uniformity(z: jax.Array, t: float = 2) -> jax.Array:
     upper = jnp.triu(jnp.ones((count, count), dtype=bool), k=1)
     log_total = jax.nn.logsumexp(jnp.where(upper, -t * squared_distance, -jnp.inf))
     return log_total - jnp.log(count * (count - 1) / 2)
+
+
+def entropy(probs: jax.Array) -> jax.Array:
+    """Entropy in nats of each distribution on the last axis (0 log 0 taken as 0).
+
+    >>> float(entropy(jnp.full(4, 0.25)))  # uniform over 4: ln 4
+    1.3862943649291992
+    """
+    return -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
 
 
 def embedding_std(z: jax.Array) -> jax.Array:

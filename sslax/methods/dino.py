@@ -213,10 +213,6 @@ def optimizer(
     )
 
 
-def _entropy(probs):
-    return -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
-
-
 def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1) -> None:
     """Raises ValueError for ``config.dino`` values DINO cannot run with."""
     check_section(config, "dino")
@@ -395,9 +391,9 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         metrics = {
             "loss": loss,
             "embedding_std": diagnostics.embedding_std(common.flatten_views(s[:, :2])),
-            "teacher_entropy": jnp.mean(_entropy(targets)),
+            "teacher_entropy": jnp.mean(diagnostics.entropy(targets)),
             "teacher_max_prob": jnp.mean(jnp.max(targets, axis=-1)),
-            "teacher_batch_entropy": _entropy(jnp.mean(targets, axis=(0, 1))),
+            "teacher_batch_entropy": diagnostics.entropy(jnp.mean(targets, axis=(0, 1))),
             "teacher_temp": teacher_temp,
             "ema_momentum": momentum,
             "grad_norm": optax.tree.norm(grads),

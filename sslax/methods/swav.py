@@ -143,10 +143,6 @@ def optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule):
     )
 
 
-def _entropy(probs):
-    return -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
-
-
 def make(config: ml_collections.ConfigDict) -> common.Method:
     check_config(config)
     section = config.swav
@@ -220,9 +216,11 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         metrics = {
             "loss": loss,
             "embedding_std": diagnostics.embedding_std(z[:, 0]),
-            "code_entropy": jnp.mean(_entropy(codes)),
+            "code_entropy": jnp.mean(diagnostics.entropy(codes)),
             "prototypes_used": jnp.exp(
-                _entropy(jnp.mean(jax.nn.softmax(scores[0] / config.temperature), axis=0))
+                diagnostics.entropy(
+                    jnp.mean(jax.nn.softmax(scores[0] / config.temperature), axis=0)
+                )
             ),
             "queue_in_use": use_queue.astype(jnp.float32),
             "grad_norm": optax.tree.norm(grads),
