@@ -135,6 +135,9 @@ SECTIONS = {
         "freeze_last_layer_steps": _ok(0, 1, "{total}", "{total}+10") + _bad(-1),
         "drop_path_rate": _ok(0.0, 0.1, 0.9) + _bad(1.0, -0.1),
         "koleo_weight": _ok(0.0, 0.1) + _bad(-0.1),
+        "views": _ok("dino", "recipe") + _bad("simclr"),
+        "centering_mode": _ok("centering", "sinkhorn_knopp") + _bad("none"),
+        "sinkhorn_iters": _ok(1, 3) + _bad(0),
     },
     "barlow_twins": {
         "expander_dim": _ok(1, 32) + _bad(0),

@@ -243,10 +243,55 @@ def test_bad_sections_fail_validation_with_the_field_named():
         dino.make(config)
 
 
+def test_view_and_centring_choices_are_checked():
+    for overrides, message in [
+        (dict(views="simclr"), r"dino.views must be one of dino, recipe, got 'simclr'"),
+        (dict(centering_mode="none"), r"dino.centering_mode must be one of centering, sinkhorn"),
+        (dict(views="recipe", jitter_strength=6.0), r"dino.jitter_strength 6.0 scales DINO's"),
+        (dict(sinkhorn_iters=0), r"dino.sinkhorn_iters"),
+    ]:
+        with pytest.raises((train.ConfigError, ValueError), match=message):
+            config = _config(**overrides)
+            train.validate_config(config, num_devices=1)
+            dino.make(config)
+
+
+def test_recipe_views_are_the_two_view_methods_views_plus_smaller_local_crops():
+    config = _config(views="recipe")
+    config.update({"augment_strength": 3.0, "crop_min_scale": 0.5})
+    recipe = dino.recipe_of(config)
+    shared = common.view_recipe(config).views
+    assert recipe.views[:2] == shared and len(recipe.views) == 4
+    for local in recipe.views[2:]:
+        assert local.size == 8 and local.crop_scale == (dino.LOCAL_MIN_SCALE, 0.5)
+        assert (local.brightness, local.hue) == (shared[0].brightness, shared[0].hue)
+    # DINO's own views do not read the shared settings.
+    assert dino.recipe_of(_config()).views[0].crop_scale == (0.4, 1.0)
+
+
+def test_sinkhorn_targets_are_the_codes_and_centring_passes_the_logits_through():
+    logits = jax.random.normal(jax.random.key(0), (2, 6, 5))
+    center = jnp.full((5,), 0.5)
+    same, kept = dino.teacher_targets(logits, center, 0.5, _config())
+    assert same is logits and kept is center
+    targets, zero = dino.teacher_targets(
+        logits, center, 0.5, _config(centering_mode="sinkhorn_knopp", sinkhorn_iters=50)
+    )
+    assert not np.any(zero)
+    codes = jax.nn.softmax((targets - zero) / 0.5, axis=-1).reshape(-1, 5)
+    np.testing.assert_allclose(codes.sum(axis=1), 1.0, rtol=1e-5)
+    # 50 rounds: every prototype holds an equal share of the 12 rows.
+    np.testing.assert_allclose(codes.sum(axis=0), 12 / 5, rtol=1e-3)
+
+
 @pytest.mark.parametrize(
     "overrides",
-    [{"dino": {"local_size": 16}}, {"model": "vit_tiny", "patch_size": 8}],
-    ids=["local crops as large as the global ones", "vit"],
+    [
+        {"dino": {"local_size": 16}},
+        {"model": "vit_tiny", "patch_size": 8},
+        {"dino": {"views": "recipe", "centering_mode": "sinkhorn_knopp"}},
+    ],
+    ids=["local crops as large as the global ones", "vit", "recipe views, Sinkhorn-Knopp"],
 )
 def test_step_traces_for_equal_crop_sizes_and_for_vits(overrides):
     # Traced, not compiled: shapes and structure only.

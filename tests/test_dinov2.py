@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sslax import configs, train
-from sslax.methods import dinov2
+from sslax.methods import dino, dinov2
 from sslax.models import vit_from_name
 
 
@@ -57,7 +57,7 @@ def test_the_mask_token_replaces_exactly_the_masked_patches():
 
 
 @pytest.mark.slow  # two compiled steps (CI's time budget)
-@pytest.mark.parametrize("mode", dinov2.CENTERINGS)
+@pytest.mark.parametrize("mode", dino.CENTERINGS)
 def test_a_step_has_three_finite_terms_and_no_patch_loss_without_masks(mode):
     images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
     batch = {"image": jnp.asarray(images), "index": jnp.arange(8, dtype=jnp.int32)}

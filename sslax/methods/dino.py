@@ -37,6 +37,7 @@ prototypes are in use); ``teacher_temp``, ``ema_momentum``, ``learning_rate``,
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -54,6 +55,14 @@ from sslax.models.vit import VIT_PRESETS
 
 # The multi-crop settings; only DINO reads them (check_unused_local_crops).
 LOCAL_CROP_FIELDS = ("num_local", "local_size")
+# How the teacher's logits become targets: DINO's running centre, or Sinkhorn-Knopp over the
+# batch (DINOv2's default).
+CENTERINGS = ("centering", "sinkhorn_knopp")
+# The crops' colour distortion: "dino" is DINO's multi-crop recipe (its mild jitter, scaled by
+# jitter_strength, global crops of area 0.4-1); "recipe" is the two views that config.recipe,
+# augment_strength and crop_min_scale give every two-view method, local crops cut like them.
+VIEWS = ("dino", "recipe")
+LOCAL_MIN_SCALE = 0.05  # the smallest local crop's share of the image, as DINO's
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -69,7 +78,8 @@ def defaults() -> ml_collections.ConfigDict:
     # Multi-crop: two global crops at config.image_size, num_local crops at local_size.
     c.local_size = 16
     c.num_local = 4
-    c.jitter_strength = 1.0  # scales the colour jitter of every crop; 1: DINO's
+    c.views = "dino"  # or "recipe" (VIEWS)
+    c.jitter_strength = 1.0  # scales the colour jitter of DINO's views; 1: DINO's
     # Teacher.
     c.teacher_momentum_base = 0.996
     c.student_temp = 0.1
@@ -77,6 +87,8 @@ def defaults() -> ml_collections.ConfigDict:
     c.warmup_teacher_temp = 0.04
     c.warmup_teacher_temp_steps = 0  # longer than the run: clipped to it, like every warm-up
     c.center_momentum = 0.9
+    c.centering_mode = "centering"  # or "sinkhorn_knopp" (CENTERINGS)
+    c.sinkhorn_iters = 3
     # Anti-collapse switches. sharpening=False sets the teacher temperature to the student's,
     # so the targets are no sharper than the predictions.
     c.centering = True
@@ -243,8 +255,20 @@ def check_section(config: ml_collections.ConfigDict, section: str) -> None:
             "weight_decay_end": common.NON_NEGATIVE,
             "drop_path_rate": (lambda v: 0 <= v < 1, "in [0, 1)"),
             "koleo_weight": common.NON_NEGATIVE,
+            "sinkhorn_iters": common.AT_LEAST_ONE,
         },
     )
+    for name, allowed in (("views", VIEWS), ("centering_mode", CENTERINGS)):
+        if cfg[name] not in allowed:
+            raise ValueError(
+                f"{section}.{name} must be one of {', '.join(allowed)}, got {cfg[name]!r}"
+            )
+    if cfg.views != "dino" and cfg.jitter_strength != 1.0:
+        raise ValueError(
+            f"{section}.jitter_strength {cfg.jitter_strength} scales DINO's own views, but "
+            f"{section}.views is {cfg.views!r}: set augment_strength instead, or "
+            f"{section}.views='dino'"
+        )
     # Local crops are smaller crops of the image than the global ones (which are image_size);
     # larger only upsamples. As large works (tests/test_dino.py traces it).
     if cfg.num_local and cfg.local_size > config.image_size:
@@ -276,6 +300,52 @@ def check_unused_local_crops(config: ml_collections.ConfigDict) -> None:
                 f"uses local crops (method is {config.method!r}); leave dino.{name} at "
                 f"{default[name]} or use --config.method=dino"
             )
+
+
+def recipe_of(config: ml_collections.ConfigDict, section: str = "dino") -> augment.Recipe:
+    """The crops of ``config[section].views``: two global crops at ``image_size``, then
+    ``num_local`` local crops at ``local_size``."""
+    cfg = config[section]
+    if cfg.views == "dino":
+        return augment.dino_multicrop_recipe(
+            global_size=config.image_size,
+            local_size=cfg.local_size,
+            num_local=cfg.num_local,
+            jitter_strength=cfg.jitter_strength,
+        )
+    global_views = common.view_recipe(config).views
+    # Local crops: the first view's distortion on smaller pieces, below the global crops' area.
+    local = dataclasses.replace(
+        global_views[0],
+        size=cfg.local_size,
+        crop_scale=(min(LOCAL_MIN_SCALE, config.crop_min_scale), config.crop_min_scale),
+    )
+    return augment.Recipe(f"dino_{config.recipe}", global_views + (local,) * cfg.num_local)
+
+
+def teacher_targets(
+    logits: jax.Array,
+    center: jax.Array,
+    temperature,
+    config: ml_collections.ConfigDict,
+    section: str = "dino",
+) -> tuple[jax.Array, jax.Array]:
+    """Teacher logits [..., K] -> (logits, centre) that :func:`sslax.losses.dino_loss` turns
+    into targets by ``softmax((logits - centre) / temperature)``.
+
+    DINO's centring passes them through with the running centre. Sinkhorn-Knopp (DINOv2)
+    returns ``temperature * log Q`` and a zero centre, Q the codes of
+    :func:`sslax.losses.sinkhorn_knopp` at epsilon = ``temperature`` over every row (an equal
+    share of the batch per prototype), so the same loss reads Q as the targets.
+    """
+    cfg = config[section]
+    if cfg.centering_mode == "centering":
+        return logits, center
+    codes = losses.sinkhorn_knopp(
+        logits.reshape(-1, logits.shape[-1]), epsilon=temperature, num_iters=cfg.sinkhorn_iters
+    )
+    targets = temperature * jnp.log(jnp.maximum(codes, 1e-30))
+    return targets.reshape(logits.shape), jnp.zeros_like(center)
 
 
 def head_of(config: ml_collections.ConfigDict, section: str = "dino") -> DINOHead:
@@ -314,12 +384,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     lr = common.learning_rate_schedule(config)
     wd = weight_decay_schedule(config)
     tx = optimizer(config, lr, wd)
-    recipe = augment.dino_multicrop_recipe(
-        global_size=config.image_size,
-        local_size=cfg.local_size,
-        num_local=cfg.num_local,
-        jitter_strength=cfg.jitter_strength,
-    )
+    recipe = recipe_of(config)
 
     def init(rng, images):
         params, batch_stats = common.init_variables(student, rng, images)
@@ -349,6 +414,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         )
         # [2, N, K] for the loss: a transpose keeps each device's rows on it.
         t = jax.lax.stop_gradient(jnp.swapaxes(common.per_image(t, 2), 0, 1))
+        t_targets, center = teacher_targets(t, state.center, teacher_temp, config)
 
         def loss_fn(params):
             (h, s), updated = student.apply(
@@ -361,8 +427,8 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             )
             loss = losses.dino_loss(
                 jnp.swapaxes(s, 0, 1),
-                t,
-                state.center,
+                t_targets,
+                center,
                 student_temp=cfg.student_temp,
                 teacher_temp=teacher_temp,
             )
@@ -378,15 +444,14 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         momentum = common.cosine_ema_momentum(
             state.step, base=cfg.teacher_momentum_base, total_steps=config.total_steps
         )
-        center = state.center
-        if cfg.centering:
-            center = losses.dino_center_update(center, t, momentum=cfg.center_momentum)
-
-        targets = jax.nn.softmax((t - state.center) / teacher_temp, axis=-1)
+        targets = jax.nn.softmax((t_targets - center) / teacher_temp, axis=-1)
+        new_center = state.center
+        if cfg.centering and cfg.centering_mode == "centering":
+            new_center = losses.dino_center_update(new_center, t, momentum=cfg.center_momentum)
         new_state = new_state.replace(
             teacher_params=common.ema_update(state.teacher_params, params, momentum),
             teacher_batch_stats=teacher_updates["batch_stats"],
-            center=center,
+            center=new_center,
         )
         metrics = {
             "loss": loss,

@@ -13,7 +13,7 @@ False) maps tokens to K prototypes. Three terms, as ``ssl_meta_arch.py``:
   global crop (before the head), spreading them over the sphere.
 
 Teacher targets: DINO's centring (running centres of class and patch logits, momentum 0.9,
-then the sharpened softmax), or with ``centering="sinkhorn_knopp"`` DINOv2's default,
+then the sharpened softmax), or with ``centering_mode="sinkhorn_knopp"`` DINOv2's default,
 Sinkhorn-Knopp over the batch (:func:`sslax.losses.sinkhorn_knopp` at epsilon = the teacher
 temperature, 3 rounds): for class tokens over the 2N global crops, for patch tokens over all
 of them (the official code uses only the masked ones: fixed shapes under jit).
@@ -37,12 +37,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from sslax import augment, diagnostics, losses
+from sslax import diagnostics, losses
 from sslax.methods import common, dino
 from sslax.models import vit_from_name
 from sslax.models.vit import VIT_PRESETS
-
-CENTERINGS = ("centering", "sinkhorn_knopp")
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -54,8 +52,6 @@ def defaults() -> ml_collections.ConfigDict:
     c.mask_probability = 0.5
     c.mask_ratio_min = 0.1
     c.mask_ratio_max = 0.5
-    c.centering_mode = "centering"  # or "sinkhorn_knopp" (DINOv2's default)
-    c.sinkhorn_iters = 3
     return c
 
 
@@ -76,7 +72,6 @@ def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1
             "mask_probability": common.UNIT_INTERVAL,
             "mask_ratio_min": common.UNIT_INTERVAL,
             "mask_ratio_max": common.UNIT_INTERVAL,
-            "sinkhorn_iters": common.AT_LEAST_ONE,
         },
     )
     if section.mask_ratio_min > section.mask_ratio_max:
@@ -88,11 +83,6 @@ def check_config(config: ml_collections.ConfigDict, *, num_batch_shards: int = 1
         raise ValueError(
             "dinov2.use_bn_in_head must be False: DINOv2's heads have no BatchNorm, and its "
             "teacher runs in evaluation mode"
-        )
-    if section.centering_mode not in CENTERINGS:
-        raise ValueError(
-            f"dinov2.centering_mode must be one of {', '.join(CENTERINGS)}, got "
-            f"{section.centering_mode!r}"
         )
 
 
@@ -156,15 +146,6 @@ def random_patch_masks(key, indices, num_patches: int, section) -> jax.Array:
     return jax.vmap(one)(indices)
 
 
-def _sinkhorn_logits(logits, temperature, iters):
-    """Logits whose softmax at ``temperature`` is the Sinkhorn-Knopp codes of ``logits``
-    (``temperature * log Q``), so that the centred-softmax losses take them as targets."""
-    codes = losses.sinkhorn_knopp(
-        logits.reshape(-1, logits.shape[-1]), epsilon=temperature, num_iters=iters
-    )
-    return (temperature * jnp.log(jnp.maximum(codes, 1e-30))).reshape(logits.shape)
-
-
 def view_key(rng: jax.Array, step) -> jax.Array:
     """The key of the step's views (the first of three: views, masks, stochastic depth)."""
     return jax.random.split(common.step_key(rng, step), 3)[0]
@@ -192,12 +173,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     lr = common.learning_rate_schedule(config)
     wd = dino.weight_decay_schedule(config, "dinov2")
     tx = dino.optimizer(config, lr, wd, "dinov2")
-    recipe = augment.dino_multicrop_recipe(
-        global_size=config.image_size,
-        local_size=cfg.local_size,
-        num_local=cfg.num_local,
-        jitter_strength=cfg.jitter_strength,
-    )
+    recipe = dino.recipe_of(config, "dinov2")
     num_patches = (config.image_size // config.patch_size) ** 2
     sinkhorn = cfg.centering_mode == "sinkhorn_knopp"
 
@@ -232,13 +208,12 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
         # [2, N, K] and [2, N, L, K], constants.
         t_cls = jax.lax.stop_gradient(jnp.swapaxes(t_cls, 0, 1))
         t_patch = jax.lax.stop_gradient(jnp.swapaxes(t_patch, 0, 1))
-        if sinkhorn:
-            cls_targets = _sinkhorn_logits(t_cls, teacher_temp, cfg.sinkhorn_iters)
-            patch_targets = _sinkhorn_logits(t_patch, teacher_temp, cfg.sinkhorn_iters)
-            cls_center = patch_center = jnp.zeros_like(state.center)
-        else:
-            cls_targets, patch_targets = t_cls, t_patch
-            cls_center, patch_center = state.center, state.patch_center
+        cls_targets, cls_center = dino.teacher_targets(
+            t_cls, state.center, teacher_temp, config, "dinov2"
+        )
+        patch_targets, patch_center = dino.teacher_targets(
+            t_patch, state.patch_center, teacher_temp, config, "dinov2"
+        )
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
