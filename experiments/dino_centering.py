@@ -27,16 +27,17 @@ global crops (averaged over each ``--log_every`` interval):
 The json also holds per run the final loss, the student's ``embedding_std`` x sqrt(K), kNN
 top-1 on the backbone features h, and sslax.train's ``collapse_warning_step``.
 
-**Config.** The runs start from the laptop DINO recipe, ``experiments/configs/dino.py``
-(loaded with its ``get_config()``: AdamW at 5e-4 x B/256, 10% warm-up, K = 1024 prototypes, two
-32 px global and four 16 px local crops, teacher momentum 0.99 cosine to 1, teacher temperature
-0.04 and student 0.1), not from the bare ``sweep.laptop_config``, whose shared LARS at lr 1.0 is
-not DINO's optimiser. Overridden: the two switches, ``total_steps`` (``--steps``), the warm-up
-(kept at the recipe's 10% of it), ``batch_size``, ``log_every`` and ``seed``. The default runs
-are 200 steps rather than the recipe's 800, for time. Both collapses head the way the seed says
-within them but level off before they are complete, as the learning rate decays to 0 and the
-teacher's momentum rises to 1 (numbers in experiments/README.md); tests/test_dino_centering.py
-reaches both complete collapses in 200 steps of tiny networks with a fast teacher.
+**Config.** The runs start from DINO v1's laptop recipe, ``experiments/configs/dino.py:v1`` (AdamW
+at 5e-4 x B/256, 10% warm-up, K = 1024 prototypes, two 32 px global and four 16 px local crops,
+teacher momentum 0.99 cosine to 1, teacher temperature 0.04 and student 0.1; the laptop config until
+2026-12-02, whose default now replaces centring by Sinkhorn-Knopp), not from the bare
+``sweep.laptop_config``, whose shared LARS at lr 1.0 is not DINO's optimiser. Overridden: the two
+switches, ``total_steps`` (``--steps``), the warm-up (kept at the recipe's 10% of it),
+``batch_size``, ``log_every`` and ``seed``. The default runs are 200 steps rather than the recipe's
+800, for time. Both collapses head the way the seed says within them but level off before they are
+complete, as the learning rate decays to 0 and the teacher's momentum rises to 1 (numbers in
+experiments/README.md); tests/test_dino_centering.py reaches both complete collapses in 200 steps of
+tiny networks with a fast teacher.
 
 Usage::
 
@@ -87,8 +88,8 @@ TAIL = 3
 
 
 def recipe_config(overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-    """``experiments/configs/dino.py``'s config with dotted ``overrides``."""
-    return sweep.file_config("dino", overrides)
+    """DINO v1's laptop recipe (``experiments/configs/dino.py:v1``) with dotted ``overrides``."""
+    return sweep.file_config("dino", overrides, variant="v1")
 
 
 def _train(name: str, s: dict[str, Any], size: dict[str, Any], out: pathlib.Path):

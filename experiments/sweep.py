@@ -67,8 +67,11 @@ def laptop_config(method: str, overrides: dict[str, Any]) -> ml_collections.Conf
     return config.lock()
 
 
-def file_config(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-    """``experiments/configs/NAME.py``'s ``get_config()`` with dotted ``overrides``.
+def file_config(
+    name: str, overrides: dict[str, Any], variant: str | None = None
+) -> ml_collections.ConfigDict:
+    """``experiments/configs/NAME.py``'s ``get_config()`` (``get_config(variant)`` when given,
+    as ``--config=NAME.py:variant``) with dotted ``overrides``.
 
     For experiments that start from a method's own laptop recipe (its optimiser, views and
     heads) rather than the bare :func:`laptop_config`. The config stays locked, so a misspelt
@@ -79,7 +82,7 @@ def file_config(name: str, overrides: dict[str, Any]) -> ml_collections.ConfigDi
     spec = importlib.util.spec_from_file_location(f"config_{name}", CONFIGS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config()
+    config = module.get_config() if variant is None else module.get_config(variant)
     # Only the views: a method's file sets its own temperature where it has one.
     config.update_from_flattened_dict({**MEASURED_VIEWS, **overrides})
     return config

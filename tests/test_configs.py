@@ -22,6 +22,7 @@ def load(name: str, arg: str | None = None):
 CASES = [(f, None) for f in FILES if f != "cifar"]
 CASES += [("cifar", m) for m in methods.METHODS] + [("cifar", "byol,cifar100")]
 CASES += [("simclr_imagenet", "batch_size=256,epochs=100,lr_scaling=sqrt")]
+CASES += [("dino", "v1")]
 
 
 @pytest.mark.parametrize("name, arg", CASES, ids=[f"{n}:{a}" if a else n for n, a in CASES])
@@ -228,3 +229,20 @@ def test_dinov2_imagenet_config_holds_the_official_defaults():
         0.992,
         0.07,
     )
+
+
+def test_dino_file_holds_the_laptop_recipe_and_dino_v1s():
+    current, v1 = load("dino"), load("dino", "v1")
+    assert (current.dino.views, current.dino.centering_mode, current.dino.num_local) == (
+        "recipe",
+        "sinkhorn_knopp",
+        0,
+    )
+    assert (v1.dino.views, v1.dino.centering_mode, v1.dino.num_local, v1.optimizer) == (
+        "dino",
+        "centering",
+        4,
+        "adamw",
+    )
+    with pytest.raises(ValueError, match="unknown dino.py variant 'v2'"):
+        load("dino", "v2")

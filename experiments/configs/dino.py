@@ -35,5 +35,4 @@ def get_config():
     c.dino.teacher_momentum_base = 0.99
     c.dino.weight_decay_end = c.weight_decay  # the base's 1e-6, constant
     c.dino.clip_grad = 0.0
-    c.dino.koleo_weight = 0.1
     return c.lock()
