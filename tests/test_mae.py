@@ -74,6 +74,20 @@ def test_the_encoder_sees_only_visible_patches_and_the_loss_only_hidden_ones():
     assert np.abs(np.asarray(encoded_v) - np.asarray(encoded)).max() > 1e-3
 
 
+def test_evaluation_features_are_the_mean_patch_token_and_the_tokens_in_place():
+    method = mae.make(_config())
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    state = jax.jit(method.init)(jax.random.key(0), images[:1])
+    h, z = jax.jit(method.encode)(state, images)
+    assert h.shape == (3, 128) and z.shape == (3, 4 * 128)
+    np.testing.assert_allclose(h, np.asarray(z).reshape(3, 4, 128).mean(axis=1), atol=1e-6)
+    # z keeps position: swapping two quadrants of the image moves it.
+    swapped = images.copy()
+    swapped[:, :8, :8], swapped[:, 8:, 8:] = images[:, 8:, 8:], images[:, :8, :8]
+    _, z_swapped = jax.jit(method.encode)(state, swapped)
+    assert not np.allclose(z, z_swapped, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

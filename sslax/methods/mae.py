@@ -10,7 +10,8 @@ One view per image: a random resized crop and a flip, no colour distortion. Adam
 
 Evaluation (kNN, linear probe) reads the encoder on the whole image: h is the mean of its patch
 tokens after the final LayerNorm (MAE's "global pool" features; its CLS token gets no direct
-training signal), and z = h.
+training signal), and z every patch token, concatenated in place ([N, L * D]): features that
+keep where in the image each encoding sits, which ``python -m sslax.eval`` scores beside h.
 
 Departures from the official ``models_mae.py``: position embeddings are learned (the official
 ones are fixed 2-D sin-cos tables), as are sslax's ViT's.
@@ -159,10 +160,10 @@ class MAEModel(nn.Module):
         return pred[:, 1:].astype(jnp.float32), encoded
 
     def features(self, images):
-        """Evaluation features: (h, z), h = z = the mean patch token of the whole image."""
-        tokens = self.encoder(images, train=False, tokens=True)
-        h = jnp.mean(tokens[:, 1:], axis=1)
-        return h, h
+        """Evaluation features of the whole image: h the mean patch token [N, D], z the patch
+        tokens in place [N, L * D]."""
+        patches = self.encoder(images, train=False, tokens=True)[:, 1:]
+        return jnp.mean(patches, axis=1), patches.reshape(patches.shape[0], -1)
 
 
 def make(config: ml_collections.ConfigDict) -> common.Method:
