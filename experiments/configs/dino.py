@@ -13,6 +13,9 @@ DINO's ViT recipe:
   the first 25 steps, teacher momentum 0.99 cosine to 1 (the paper's 0.996 is for runs of 10^5
   steps), student temperature 0.1.
 
+1000 steps (9.0 minutes with the baselines) reach kNN top-1 0.231 against the random network's
+0.111; ``--config.total_steps=2000`` reaches 0.3125 (README, "DINO on the built-in data").
+
 ``--config=experiments/configs/dino.py:v1`` is DINO v1's own recipe at this scale, the laptop
 config until 2026-12-02: DINO's multi-crop views (2 x 32 px + 4 x 16 px, its mild colour
 jitter), 1024 prototypes, the official ViT optimisation (AdamW at 5e-4 x batch/256, 10%

@@ -14,6 +14,14 @@ Sec. 5.3, Fig. 7):
   targets stay peaked (``sharpening=False`` gives the teacher the student's temperature:
   uniform collapse, teacher entropy -> log K).
 
+Two departures are switches, both off by default: ``centering_mode="sinkhorn_knopp"`` makes
+the targets Sinkhorn-Knopp codes over the global batch (DINOv2's teacher: every prototype gets
+an equal share of the batch, so the targets cannot drift to uniform as a whole; ``centering``
+then has no centre to switch off), and ``views="recipe"`` gives the crops the colour distortion
+and crop area of ``config.recipe`` that the two-view methods use instead of DINO's own (the
+laptop config, experiments/configs/dino.py, uses both: on the built-in data DINO's own views
+and centring learned colour, not shape).
+
 The recipe follows the official code (facebookresearch/dino, main_dino.py): AdamW (their
 default; ``config.optimizer`` may also be "sgd" or "lars", as there) with the learning rate
 scaled by batch/256, warm-up and cosine; weight decay on weights only (no biases or norm
