@@ -175,7 +175,6 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
     tx = dino.optimizer(config, lr, wd, "dinov2")
     recipe = dino.recipe_of(config, "dinov2")
     num_patches = (config.image_size // config.patch_size) ** 2
-    sinkhorn = cfg.centering_mode == "sinkhorn_knopp"
 
     def init(rng, images):
         params, batch_stats = common.init_variables(student, rng, images)
@@ -258,7 +257,7 @@ def make(config: ml_collections.ConfigDict) -> common.Method:
             state.step, base=cfg.teacher_momentum_base, total_steps=config.total_steps
         )
         center, patch_center_new = state.center, state.patch_center
-        if cfg.centering and not sinkhorn:
+        if cfg.centering and cfg.centering_mode == "centering":  # as DINO's
             center = losses.dino_center_update(center, t_cls, momentum=cfg.center_momentum)
             flat_patches = t_patch.reshape(2, -1, t_patch.shape[-1])
             patch_center_new = losses.dino_center_update(
