@@ -1,10 +1,13 @@
 """Evaluation of frozen representations: feature extraction, weighted kNN and linear probe.
 
-    python -m sslax.eval --workdir=DIR [--dataset=NAME] [--max_train_examples=N ...]
+    python -m sslax.eval --workdir=DIR [--dataset=NAME] [--max_train_examples=N ...] [--factors]
 
 loads the newest checkpoint of a run, extracts backbone features h and projector features z on
 the train and held-out splits (jitted, batched and sharded over the run's mesh), and reports kNN
 and linear-probe top-1 for h and for z, written to ``DIR/eval.json`` and printed as a table.
+On the built-in dataset, ``--factors`` also asks which of the images' nuisances h keeps: kNN
+top-1 of the background's texture, the object's position, hue and size beside its shape, for
+raw pixels, the random network and the checkpoint.
 
 The kNN classifier is DINO's (Caron et al. 2021, after Wu et al. 2018): cosine similarity to
 every training feature, the k most similar vote for their label with weight
@@ -271,6 +274,12 @@ def feature_extractor(encode: Callable, state_shardings, mesh, *, largest: int) 
     return features
 
 
+def flat_pixels(images: np.ndarray) -> np.ndarray:
+    """[N, H, W, C] uint8 -> [N, H * W * C] float32 pixels less each image's mean: the baseline."""
+    x = images.reshape(len(images), -1).astype(np.float32)
+    return x - x.mean(axis=1, keepdims=True)
+
+
 class TrainingEvaluator:
     """What a run measures on held-out data while it trains, set up once per run.
 
@@ -365,16 +374,42 @@ class TrainingEvaluator:
         Returns ``{"knn_top1": ..., "linear_top1": ...}``, measured as for the network's h.
         """
 
-        def flat_pixels(images):
-            x = images.reshape(len(images), -1).astype(np.float32)
-            return x - x.mean(axis=1, keepdims=True)
-
         (train_images, train_labels), (test_images, test_labels) = self._train, self._test
         train, test = flat_pixels(train_images), flat_pixels(test_images)
         return {
             "knn_top1": self._knn(train, test),
             "linear_top1": linear_probe(train, train_labels, test, test_labels)["top1"],
         }
+
+
+def factor_scores(
+    features: dict, factors: dict, *, k: int = 20, temperature: float = 0.07
+) -> dict[str, dict[str, float]]:
+    """kNN top-1 of each factor of variation from each feature set: what a representation keeps.
+
+    Args:
+      features: ``{name: (train [N, C], test [M, C])}``, e.g. raw pixels, the random network,
+        the trained one.
+      factors: ``{"train": {factor: [N] int}, "test": {factor: [M] int}}``, the class among them.
+
+    Returns:
+      ``{name: {factor: top-1}}``, with the config's kNN; a factor of n values has chance
+      about 1/n.
+    """
+    return {
+        name: {
+            factor: knn_top1(
+                train,
+                factors["train"][factor],
+                test,
+                factors["test"][factor],
+                k=k,
+                temperature=temperature,
+            )
+            for factor in factors["train"]
+        }
+        for name, (train, test) in features.items()
+    }
 
 
 def scores(features: dict, labels: dict, *, k: int = 20, temperature: float = 0.07) -> dict:
@@ -408,8 +443,14 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     max_train_examples: int | None = None,
     max_test_examples: int | None = None,
+    factors: bool = False,
 ) -> dict:
-    """Evaluates the newest checkpoint in ``workdir``; writes and returns ``eval.json``'s dict."""
+    """Evaluates the newest checkpoint in ``workdir``; writes and returns ``eval.json``'s dict.
+
+    With ``factors`` (the built-in dataset only), ``results["factors"]`` also holds kNN top-1 on
+    h of the shape and of each nuisance of :data:`sslax.data.shapes.FACTORS`, for raw pixels,
+    the randomly initialised network and the checkpoint (:func:`factor_scores`).
+    """
     import json
     import pathlib
 
@@ -428,6 +469,11 @@ def evaluate_checkpoint(
     train_split = train_split or config.train_split
     eval_split = eval_split or config.eval_split
     data_dir = data_dir if data_dir is not None else (config.data_dir or None)
+    if factors and dataset != pipeline.BUILTIN:
+        raise EvalError(
+            f"--factors needs the built-in dataset {pipeline.BUILTIN!r}, whose nuisances are "
+            f"known per image, not {dataset!r}"
+        )
     try:
         sources = {}
         for split, name in (("train", train_split), ("test", eval_split)):
@@ -459,10 +505,10 @@ def evaluate_checkpoint(
         print(f"evaluating on mesh {dict(mesh.shape)}: the run's does not fit here ({e})")
     with jax.set_mesh(mesh):
         program = train.build_program(config, mesh)
-        target = program.init(jax.random.key(config.seed))  # a restore target: shapes matter
+        initial = program.init(jax.random.key(config.seed))  # the restore target: shapes matter
         store = checkpointing.Checkpoints(checkpoint_dir)
         try:
-            restored = store.restore_newest(target, config_dict, read_only=True)
+            restored = store.restore_newest(initial, config_dict, read_only=True)
         except checkpointing.IncompatibleCheckpoint as e:
             raise EvalError(str(e)) from None
         finally:
@@ -485,6 +531,12 @@ def evaluate_checkpoint(
         for split in images:
             h, z = features_of(state, images[split])
             features[split] = {"h": h, "z": z}
+        if factors:
+            per_set = {
+                "raw pixels": [flat_pixels(images[split]) for split in images],
+                "random init": [features_of(initial, images[split])[0] for split in images],
+                "trained": [features[split]["h"] for split in images],
+            }
     results = {
         "checkpoint_step": step,
         "method": config.method,
@@ -495,9 +547,31 @@ def evaluate_checkpoint(
         "test_examples": len(labels["test"]),
         **scores(features, labels, k=config.knn_k, temperature=config.knn_temperature),
     }
+    if factors:
+        truth = _shapes_factors(labels, {"train": train_split, "test": eval_split}, config)
+        results["factors"] = factor_scores(
+            per_set, truth, k=config.knn_k, temperature=config.knn_temperature
+        )
     if jax.process_index() == 0:
         (workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def _shapes_factors(labels: dict, split_names: dict, config) -> dict:
+    """``{split: {factor: [N] int}}``: the class (the shape) and the nuisances of the images read.
+
+    ``split_arrays`` reads the first N images of a split, so the first N factors go with them.
+    """
+    from sslax.data import shapes
+
+    out = {}
+    for split, split_labels in labels.items():
+        nuisances = shapes.load_factors(split_names[split], image_size=config.image_size)
+        out[split] = {
+            "shape": split_labels,
+            **{name: values[: len(split_labels)] for name, values in nuisances.items()},
+        }
+    return out
 
 
 def format_table(results: dict) -> str:
@@ -513,6 +587,15 @@ def format_table(results: dict) -> str:
             f"  {name:<22} {results[f'knn_top1_{kind}']:>10.4f} "
             f"{results[f'linear_top1_{kind}']:>13.4f}"
         )
+    if "factors" in results:
+        from sslax.data import shapes
+
+        names = ["shape", *shapes.FACTORS]
+        chances = [1 / shapes.NUM_CLASSES] + [1 / len(v) for v in shapes.FACTORS.values()]
+        lines += ["", "  kNN top-1 of each factor of the images, from h:"]
+        lines.append(f"  {'':<14}" + "".join(f"{name:>12}" for name in names))
+        for row, scores_ in [("chance", dict(zip(names, chances))), *results["factors"].items()]:
+            lines.append(f"  {row:<14}" + "".join(f"{scores_[name]:>12.3f}" for name in names))
     return "\n".join(lines)
 
 
@@ -546,6 +629,12 @@ def main(argv=None) -> None:
     flags.DEFINE_integer(
         "max_test_examples", None, "Use only this many test images.", lower_bound=1
     )
+    flags.DEFINE_bool(
+        "factors",
+        False,
+        "Built-in dataset: also kNN top-1 of each nuisance (background, position, hue, size) "
+        "beside the shape, for raw pixels, the random network and the checkpoint.",
+    )
 
     def fail(message):
         print(f"sslax.eval: error: {' '.join(str(message).split())}", file=sys.stderr)
@@ -567,6 +656,7 @@ def main(argv=None) -> None:
                 data_dir=f.data_dir,
                 max_train_examples=f.max_train_examples,
                 max_test_examples=f.max_test_examples,
+                factors=f.factors,
             )
         except EvalError as e:
             fail(e)

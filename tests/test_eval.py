@@ -112,6 +112,24 @@ def test_linear_probe_refuses_mismatched_inputs():
         sslax_eval.linear_probe(x, y, x, y, holdout_fraction=1.0)
 
 
+def test_factor_scores_find_the_factor_a_feature_holds_and_not_the_one_it_drops():
+    # Features that are a noisy code of factor "a" alone: "a" is read back, "b" is at chance.
+    rng = np.random.default_rng(0)
+    factors = {
+        split: {"a": rng.integers(0, 4, n), "b": rng.integers(0, 5, n)}
+        for split, n in (("train", 2000), ("test", 1000))
+    }
+    codes = np.eye(8)[:4]
+
+    def features(split):
+        return codes[factors[split]["a"]] + 0.1 * rng.normal(size=(len(factors[split]["a"]), 8))
+
+    got = sslax_eval.factor_scores({"coded": (features("train"), features("test"))}, factors)
+    assert got["coded"]["a"] > 0.98, got
+    # 1,000 test labels: guessing gives 0.2 with a std of 0.013.
+    assert abs(got["coded"]["b"] - 0.2) < 0.05, got
+
+
 def _eval_cli(args, data_dir, **extra_env):
     env = {"SSLAX_DATA_DIR": data_dir, "JAX_PLATFORMS": "cpu", **extra_env}
     return subprocess.run(
@@ -145,6 +163,28 @@ def test_eval_command_on_a_short_run(tmp_path, data_dir):
         for probe in ("knn", "linear"):
             assert 0.0 <= results[f"{probe}_top1_{kind}"] <= 1.0
             assert f"{results[f'{probe}_top1_{kind}']:.4f}" in run.stdout
+    # Which nuisances h keeps: raw pixels know where the object is far above chance (0.25).
+    run = _eval_cli(
+        [
+            f"--workdir={workdir}",
+            "--max_train_examples=1000",
+            "--max_test_examples=200",
+            "--factors",
+        ],
+        data_dir,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    factors = json.loads((workdir / "eval.json").read_text())["factors"]
+    assert set(factors) == {"raw pixels", "random init", "trained"}
+    for row in factors.values():
+        assert set(row) == {"shape", "background", "position", "object_hue", "size"}, row
+        assert all(0 <= v <= 1 for v in row.values()), row
+    assert factors["raw pixels"]["position"] > 0.5, factors
+    assert "kNN top-1 of each factor" in run.stdout and "random init" in run.stdout
+    run = _eval_cli([f"--workdir={workdir}", f"--dataset=folder:{tmp_path}", "--factors"], data_dir)
+    assert run.returncode == 2, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--factors needs the built-in dataset" in lines[0], lines
     # Fewer training images than the run's kNN k: one line, before any feature is extracted.
     run = _eval_cli([f"--workdir={workdir}", "--max_train_examples=5"], data_dir)
     assert run.returncode == 2, run.stderr[-3000:]

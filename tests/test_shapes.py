@@ -59,3 +59,34 @@ def test_raw_pixels_are_far_from_solving_it():
     acc = sslax_eval.knn_top1(flat(train_images), train_labels, flat(test_images), test_labels)
     # Chance is 0.10 and the shape alone determines the class. Measured: 0.354.
     assert 0.15 < acc < 0.45, acc
+
+
+def test_factors_come_with_the_same_images_and_say_where_and_how_big_the_object_is():
+    images, labels = shapes.generate(1200, image_size=32, seed=5)
+    again, labels_again, factors = shapes.generate(1200, image_size=32, seed=5, with_factors=True)
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, labels_again)
+    assert set(factors) == set(shapes.FACTORS)
+    for name, values in shapes.FACTORS.items():
+        assert factors[name].shape == (1200,) and factors[name].dtype == np.int32
+        np.testing.assert_array_equal(np.unique(factors[name]), np.arange(len(values)))
+    # On flat backgrounds the object is the pixels far from the image's median colour: their
+    # centroid lies in the factor's quadrant, and large objects cover more than small ones.
+    flat = factors["background"] == 0
+    x = images[flat].astype(np.float32)
+    far = np.abs(x - np.median(x, axis=(1, 2), keepdims=True)).max(axis=-1) > 40
+    rows, cols = np.mgrid[0:32, 0:32] + 0.5
+    area = far.sum(axis=(1, 2))
+    below = (far * rows).sum(axis=(1, 2)) / area > 16
+    right = (far * cols).sum(axis=(1, 2)) / area > 16
+    assert np.mean(2 * below + right == factors["position"][flat]) > 0.7  # chance 0.25
+    size = factors["size"][flat]
+    assert area[size == 0].mean() < area[size == 1].mean() < area[size == 2].mean()
+
+
+def test_load_factors_matches_the_split_and_refuses_unknown_splits(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLAX_DATA_DIR", str(tmp_path))
+    factors = shapes.load_factors("test", image_size=8)
+    assert {name: len(v) for name, v in factors.items()} == dict.fromkeys(shapes.FACTORS, 4000)
+    with pytest.raises(ValueError, match="shapes has splits"):
+        shapes.load_factors("validation")

@@ -3,10 +3,14 @@
 Ten classes whose identity is an object's *shape*; every other factor is a nuisance drawn at
 random per image: position, scale, rotation, the object's colour
 and hue, the background's colour and texture (flat, gradient, stripes, checks or blotches),
-global brightness and contrast, and pixel noise. Those are the factors that SimCLR's crops and
-colour distortions make a network ignore, which leaves the shape. Weighted kNN top-1 on the
+global brightness and contrast, and pixel noise. SimCLR's crops and colour distortions vary
+those factors between two views of one image, which leaves the shape to tell images apart by
+(its features still keep where the object is and how big: ``--factors``). kNN top-1 on the
 held-out split (chance 0.10): a randomly initialised ResNet-18 0.11, raw pixels 0.49, the
 default 7-minute SimCLR run 0.72 (README, "Measured"); linear-probe top-1 on raw pixels 0.14.
+``generate(..., with_factors=True)`` and :func:`load_factors` also give four of the nuisances
+per image as classes (:data:`FACTORS`), to ask which of them a representation keeps
+(``python -m sslax.eval --factors``).
 
 No download: the images are drawn with numpy on first use (a few seconds) and cached as .npz
 under ``$SSLAX_DATA_DIR`` (default ``~/.cache/sslax``).
@@ -45,6 +49,15 @@ MAX_ROTATION = np.pi  # radians either way: any orientation
 RADIUS_RANGE = (0.5, 0.8)  # the object's size, as a fraction of half the image side
 CENTRE_REACH = 0.95  # centre within +-(reach - radius): the object stays inside
 _SUPERSAMPLE = 2  # anti-aliasing: draw at twice the size, average 2x2 blocks
+# The nuisances as classes, to ask which of them a representation keeps besides the shape
+# (``python -m sslax.eval --factors``): the background's texture, the quadrant of the object's
+# centre, its hue in six bins and its size in three.
+FACTORS = {
+    "background": ("flat", "gradient", "stripes", "checks", "blotches"),
+    "position": ("top left", "top right", "bottom left", "bottom right"),
+    "object_hue": ("red", "yellow", "green", "cyan", "blue", "magenta"),
+    "size": ("small", "medium", "large"),
+}
 
 
 def _inside(cls: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -105,19 +118,21 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     return rgb
 
 
-def _random_colour(rng: np.random.Generator, n: int) -> np.ndarray:
-    return _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.2, 1.0, n), rng.uniform(0.15, 1.0, n))
+def _random_hsv(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return rng.uniform(0, 1, n), rng.uniform(0.2, 1.0, n), rng.uniform(0.15, 1.0, n)
 
 
-def _backgrounds(rng: np.random.Generator, n: int, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """[n, P, 3] textured backgrounds: two colours mixed by a random pattern.
+def _backgrounds(
+    rng: np.random.Generator, n: int, x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """[n, P, 3] textured backgrounds, two colours mixed by a random pattern, and [n] kinds.
 
     The second colour is a random step away from the first, so textures range from faint to
     strong but the object usually stays the most salient structure, as in natural photographs.
     """
-    c1 = _random_colour(rng, n)
+    c1 = _hsv_to_rgb(*_random_hsv(rng, n))
     c2 = np.clip(c1 + rng.uniform(-0.35, 0.35, (n, 3)).astype(np.float32), 0, 1)
-    kind = rng.integers(0, 5, n)
+    kind = rng.integers(0, len(FACTORS["background"]), n)  # flat, gradient, stripes, ...
     theta = rng.uniform(0, np.pi, (n, 1)).astype(np.float32)
     freq = rng.uniform(1.5, 5.0, (n, 1)).astype(np.float32)
     phase = rng.uniform(0, 2 * np.pi, (n, 1)).astype(np.float32)
@@ -154,12 +169,17 @@ def _backgrounds(rng: np.random.Generator, n: int, x: np.ndarray, y: np.ndarray)
                 / 6
             )
     mix = np.clip(mix, 0, 1)[..., None]
-    return c1[:, None] * (1 - mix) + c2[:, None] * mix
+    return c1[:, None] * (1 - mix) + c2[:, None] * mix, kind
 
 
 def generate(
-    num_images: int, *, image_size: int = 32, seed: int = 0, chunk: int = 1000
-) -> tuple[np.ndarray, np.ndarray]:
+    num_images: int,
+    *,
+    image_size: int = 32,
+    seed: int = 0,
+    chunk: int = 1000,
+    with_factors: bool = False,
+):
     """Draws ``num_images`` images with balanced random classes.
 
     Args:
@@ -167,9 +187,11 @@ def generate(
       image_size: side in pixels (square images).
       seed: the same seed always gives the same images and labels.
       chunk: images drawn per vectorised batch (memory knob only, does not change the output).
+      with_factors: also return each image's nuisance factors (the images are the same).
 
     Returns:
-      images [num_images, image_size, image_size, 3] uint8 and labels [num_images] int32.
+      images [num_images, image_size, image_size, 3] uint8 and labels [num_images] int32; with
+      ``with_factors``, a third item: ``{name: [num_images] int32}`` for each of ``FACTORS``.
     """
     if num_images < 0 or image_size < 8:
         raise ValueError(
@@ -181,6 +203,7 @@ def generate(
     grid = (np.arange(side, dtype=np.float32) + 0.5) / side * 2 - 1  # pixel centres in [-1, 1]
     y, x = [a.reshape(-1) for a in np.meshgrid(grid, grid, indexing="ij")]
     images = np.empty((num_images, image_size, image_size, 3), dtype=np.uint8)
+    factors = {name: np.empty(num_images, dtype=np.int32) for name in FACTORS}
     for start in range(0, num_images, chunk):
         cls = labels[start : start + chunk]
         n = len(cls)
@@ -197,8 +220,9 @@ def generate(
         u = dx * np.cos(angle) + dy * np.sin(angle)
         v = -dx * np.sin(angle) + dy * np.cos(angle)
         mask = _inside(cls, u, v)[..., None]
-        background = _backgrounds(crng, n, x, y)
-        foreground = _random_colour(crng, n)[:, None]
+        background, kind = _backgrounds(crng, n, x, y)
+        hue, saturation, value = _random_hsv(crng, n)
+        foreground = _hsv_to_rgb(hue, saturation, value)[:, None]
         # Keep the object visible: push its brightness away from the background's mean.
         bg_luma = background.mean(axis=(1, 2))[:, None, None]
         fg_luma = foreground.mean(axis=2, keepdims=True)
@@ -215,11 +239,37 @@ def generate(
             0.0, 0.06, (n, 1, 1, 1)
         ).astype(np.float32)
         images[start : start + n] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
-    return images, labels
+        # Row-major quadrants of the object's centre; sizes and hues in equal-width bins.
+        factors["position"][start : start + n] = 2 * (cy[:, 0] > 0) + (cx[:, 0] > 0)
+        factors["size"][start : start + n] = np.minimum(
+            (radius[:, 0] - RADIUS_RANGE[0]) / (RADIUS_RANGE[1] - RADIUS_RANGE[0]) * 3, 2
+        )
+        factors["object_hue"][start : start + n] = np.minimum(hue * 6, 5)
+        factors["background"][start : start + n] = kind
+    return (images, labels, factors) if with_factors else (images, labels)
 
 
 def cache_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("SSLAX_DATA_DIR", pathlib.Path.home() / ".cache" / "sslax"))
+
+
+def load_factors(split: str, image_size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """Each image's nuisance factors in a split, as ``generate(..., with_factors=True)`` gives.
+
+    Drawn again rather than cached (a few seconds): only diagnostics read them.
+    """
+    _check_split(split)
+    return generate(
+        SPLIT_SIZES[split],
+        image_size=image_size,
+        seed=seed + _SPLIT_SEED_OFFSET[split],
+        with_factors=True,
+    )[2]
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLIT_SIZES:
+        raise ValueError(f"shapes has splits {sorted(SPLIT_SIZES)}, not {split!r}")
 
 
 def load(split: str, image_size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -230,8 +280,7 @@ def load(split: str, image_size: int = 32, seed: int = 0) -> tuple[np.ndarray, n
       image_size: side in pixels.
       seed: dataset seed; each split draws from its own stream of it.
     """
-    if split not in SPLIT_SIZES:
-        raise ValueError(f"shapes has splits {sorted(SPLIT_SIZES)}, not {split!r}")
+    _check_split(split)
     path = cache_dir() / f"shapes-v{_FORMAT_VERSION}-{split}-{image_size}px-seed{seed}.npz"
     if path.exists():
         try:
