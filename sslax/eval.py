@@ -505,7 +505,8 @@ def evaluate_checkpoint(
         print(f"evaluating on mesh {dict(mesh.shape)}: the run's does not fit here ({e})")
     with jax.set_mesh(mesh):
         program = train.build_program(config, mesh)
-        initial = program.init(jax.random.key(config.seed))  # the restore target: shapes matter
+        # The network the run started from: the restore target, and --factors' random init.
+        initial = program.init(train.run_keys(config.seed)[0])
         store = checkpointing.Checkpoints(checkpoint_dir)
         try:
             restored = store.restore_newest(initial, config_dict, read_only=True)
