@@ -241,10 +241,9 @@ def generate(
         images[start : start + n] = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
         # Row-major quadrants of the object's centre; sizes and hues in equal-width bins.
         factors["position"][start : start + n] = 2 * (cy[:, 0] > 0) + (cx[:, 0] > 0)
-        factors["size"][start : start + n] = np.minimum(
-            (radius[:, 0] - RADIUS_RANGE[0]) / (RADIUS_RANGE[1] - RADIUS_RANGE[0]) * 3, 2
-        )
-        factors["object_hue"][start : start + n] = np.minimum(hue * 6, 5)
+        size = (radius[:, 0] - RADIUS_RANGE[0]) / (RADIUS_RANGE[1] - RADIUS_RANGE[0])
+        factors["size"][start : start + n] = np.minimum(size * 3, 2).astype(np.int32)
+        factors["object_hue"][start : start + n] = np.minimum(hue * 6, 5).astype(np.int32)
         factors["background"][start : start + n] = kind
     return (images, labels, factors) if with_factors else (images, labels)
 
