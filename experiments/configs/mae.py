@@ -8,8 +8,8 @@ crop of area 0.2-1 and a flip.
 Two departures, measured over 1000 steps (kNN top-1 on the pooled encoder tokens, random network
 0.1005, 2026-12-02): a base rate of 1.5e-3 x B/256, ten times the paper's 1.5e-4 (which reached
 0.103; 5e-3 reached 0.124, 1.5e-3 0.143), and half the patches hidden rather than 75% (0.156 at
-1.5e-3): with 16 patches, 75% leaves the encoder 4. 4 px patches (64 of them, 75% hidden) made a
-step 3.5x slower and reached 0.137 in 500 steps (random network 0.093).
+1.5e-3): with 16 patches, 75% leaves the encoder 4. 4 px patches (64 of them, 75% hidden, 1.5e-3)
+made a step 3.5x slower and reached 0.137 in 500 steps (random network 0.093).
 """
 
 from sslax import configs
