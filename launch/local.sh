@@ -7,15 +7,18 @@
 #
 # Each process gets DEVICES_PER_PROCESS CPU devices (default 2), so the run sees
 # NUM_PROCESSES x DEVICES_PER_PROCESS devices. Process 0's output is shown here; every process
-# logs to LOG_DIR/process_I.log (default: WORKDIR/logs). The first process to fail stops all
-# the others, and the script exits with its status.
+# logs to LOG_DIR/process_I.log, a local directory (default: WORKDIR/logs). The workdir may be
+# on object storage, --workdir=gs://BUCKET/PATH; then the logs default to
+# runs/logs/NAME-YYYYMMDD-HHMMSS under the current directory (NAME: the workdir's last part),
+# and the first line printed says where. The first process to fail stops all the others, and
+# the script exits with its status.
 #
 # Environment: DEVICES_PER_PROCESS (2), PORT (coordinator port; default a free one), LOG_DIR,
 # PYTHON (python), DISTRIBUTED_TIMEOUT_S (seconds before the others give up on a dead process).
 set -euo pipefail
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -43,7 +46,21 @@ if [[ -z "$workdir" ]]; then
   workdir="runs/local-${num_processes}p-$(date +%Y%m%d-%H%M%S)"
   extra+=("--workdir=$workdir")
 fi
-log_dir=${LOG_DIR:-$workdir/logs}
+# The shell writes the logs, so they go to a local directory whatever the workdir.
+if [[ -n "${LOG_DIR:-}" ]]; then
+  log_dir=$LOG_DIR
+elif [[ "$workdir" == *://* ]]; then
+  name=$workdir
+  while [[ "$name" == */ ]]; do name=${name%/}; done
+  name=${name##*/}
+  log_dir="runs/logs/${name}-$(date +%Y%m%d-%H%M%S)"
+else
+  log_dir=$workdir/logs
+fi
+if [[ "$log_dir" == *://* ]]; then
+  echo "local.sh: LOG_DIR must be a local directory, not $log_dir" >&2
+  exit 2
+fi
 mkdir -p "$log_dir"
 port=${PORT:-$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 timeout_flag=()

@@ -3,10 +3,12 @@
 #
 #   launch/tpu_pod.sh TPU_NAME ZONE [--project=P] -- TRAIN_FLAGS...
 #   launch/tpu_pod.sh TPU_NAME ZONE [--project=P] --sweep=experiments/simclr_table_b1.py \
-#       --root=ROOT [-- EXTRA_TRAIN_FLAGS...]
+#       --root=gs://BUCKET/PATH [-- EXTRA_TRAIN_FLAGS...]
 #
 # e.g. launch/tpu_pod.sh my-v4-64 us-central2-b -- \
-#          --config=experiments/configs/simclr_imagenet.py --workdir=/mnt/shared/simclr
+#          --config=experiments/configs/simclr_imagenet.py --workdir=gs://my-bucket/runs/simclr
+#      SSLAX_BUCKET=my-bucket launch/tpu_pod.sh my-v4-64 us-central2-b -- \
+#          --config=experiments/configs/simclr_imagenet.py
 #
 # Two steps, each one `gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=all
 # --command=...`: (1) setup on every worker: clone or update the repository at SSLAX_REPO, check
@@ -17,12 +19,23 @@
 # [HOSTNAME]. With --sweep, the sweep's cells (`python SWEEP list --root=ROOT`, read here) run
 # one after another, EXTRA_TRAIN_FLAGS appended to each; START=N begins at cell N.
 #
-# The workdir must be visible to every worker (a shared mount such as Filestore or gcsfuse):
-# all workers read and write its checkpoints and worker 0 writes logs and results.json. An
-# interrupted ssh session ends the run on the workers, so launch long runs from tmux or screen;
-# started again with the same workdir, a run resumes from its newest checkpoint. A failed cell
-# stops a sweep; START=N resumes it. gcloud wants `ssh-add ~/.ssh/google_compute_engine` first
-# when it reaches all workers at once.
+# The workdir is on object storage, gs://BUCKET/PATH: a pod's workers have small local disks that
+# live only as long as the VMs, and share no filesystem by default. Every worker reads and writes
+# its checkpoints and worker 0 writes the logs and results.json there; the workers' service account
+# needs read and write access to the bucket. Without --workdir in TRAIN_FLAGS, the run gets
+# gs://$SSLAX_BUCKET/runs/CONFIG-YYYYMMDD-HHMMSS (CONFIG: the --config file's name, default simclr;
+# the time in UTC), printed before anything starts; with no SSLAX_BUCKET either, the script stops. A
+# local workdir is refused, since each worker would write its own disk, unless SHARED_WORKDIR=1 says
+# that it is an absolute path on a mount every worker shares (Filestore, gcsfuse). A sweep's ROOT is
+# checked the same way; its cells' workdirs are ROOT/CELL.
+#
+# When a worker dies, the others exit by themselves within --distributed_timeout_s seconds
+# (default 100) with a line naming the lost process and the step to resume from. On a preemption
+# notice (SIGTERM) all workers save the same step and exit 0. Either way, running the same
+# command again (with the printed --workdir where the script made one up) resumes from the newest
+# checkpoint that every worker finished. An interrupted ssh session ends the run on the workers,
+# so launch long runs from tmux or screen. A failed cell stops a sweep; START=N resumes it.
+# gcloud wants `ssh-add ~/.ssh/google_compute_engine` first when it reaches all workers at once.
 #
 # Environment:
 #   SSLAX_REPO     git URL the workers clone (default: this checkout's `origin` remote)
@@ -36,6 +49,9 @@
 #   SETUP=0        skip step (1)
 #   GCLOUD         gcloud executable (default: gcloud); GCLOUD_SSH_FLAGS: extra flags for
 #                  `tpu-vm ssh`, split on spaces (e.g. --internal-ip or --tunnel-through-iap)
+#   SSLAX_BUCKET   bucket (or BUCKET/PREFIX) for the default workdir, see above
+#   SHARED_WORKDIR=1  accept a workdir or ROOT that is not gs://: an absolute path on a mount that
+#                  every worker shares
 #   DRY_RUN=1      print the gcloud commands, shell-quoted, instead of running them
 set -euo pipefail
 
@@ -91,6 +107,63 @@ if [[ -n $sweep || -n $root ]]; then
   [[ ${START:-0} =~ ^[0-9]+$ ]] || die "START must be a cell index, got '${START}'"
 elif ((!separator || ${#train_flags[@]} == 0)); then
   die "give the train flags after --, or --sweep=FILE --root=ROOT"
+fi
+
+# The workdir and config of the train flags, as absl reads them (--f=V, --f V, -f=V; the last
+# one counts).
+workdir=
+has_workdir=0
+config=
+for ((i = 0; i < ${#train_flags[@]}; i++)); do
+  flag=${train_flags[i]}
+  case $flag in
+    --workdir | -workdir | --config | -config)
+      ((i + 1 < ${#train_flags[@]})) || die "$flag needs a value"
+      i=$((i + 1))
+      flag=$flag=${train_flags[i]}
+      ;;
+  esac
+  case $flag in
+    --workdir=* | -workdir=*)
+      workdir=${flag#*=}
+      has_workdir=1
+      ;;
+    --config=* | -config=*) config=${flag#*=} ;;
+  esac
+done
+
+# ROOT or a workdir must be one place that every worker reads and writes: gs://, or with
+# SHARED_WORKDIR=1 an absolute path on a shared mount.
+check_shared() { # FLAG VALUE
+  [[ $2 =~ ^gs://[^/]+ ]] && return
+  if [[ ${SHARED_WORKDIR:-0} == 1 ]]; then
+    [[ $2 == /* ]] ||
+      fail "$1 '$2' must be an absolute path on the mount every worker shares (SHARED_WORKDIR=1)"
+    return
+  fi
+  fail "$1 '$2' is not on gs://, so each worker would write its own local disk: give" \
+    "$1=gs://BUCKET/PATH, or set SHARED_WORKDIR=1 if it is a mount every worker shares"
+}
+
+if [[ -n $sweep ]]; then
+  ((!has_workdir)) || die "--workdir with --sweep: each cell's workdir is ROOT/CELL"
+  check_shared --root "$root"
+elif ((has_workdir)); then
+  check_shared --workdir "$workdir"
+else
+  bucket=${SSLAX_BUCKET:-}
+  bucket=${bucket#gs://}
+  while [[ $bucket == */ ]]; do bucket=${bucket%/}; done
+  [[ -n $bucket ]] ||
+    fail "no --workdir: give --workdir=gs://BUCKET/PATH, or set SSLAX_BUCKET=BUCKET for a" \
+      "workdir gs://BUCKET/runs/CONFIG-DATE"
+  name=${config%%:*} # the config file, less its argument
+  name=${name##*/}
+  name=${name%.py}
+  name=${name//[^A-Za-z0-9._-]/_}
+  workdir=gs://$bucket/runs/${name:-simclr}-$(date -u +%Y%m%d-%H%M%S)
+  train_flags+=("--workdir=$workdir")
+  echo "tpu_pod.sh: workdir $workdir (to resume, run again with --workdir=$workdir)" >&2
 fi
 
 here=$(cd "$(dirname "$0")/.." && pwd)

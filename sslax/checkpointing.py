@@ -7,7 +7,13 @@ position and the state's signature (every leaf's path, shape and dtype). The dat
 all the input pipeline needs: a batch is a pure function of (seed, step), so restoring the step
 restores the data order (sslax.data.pipeline).
 
-On restart, :meth:`Checkpoints.restore_newest` walks the steps from the newest down. A step
+The directory may be local or on object storage (``gs://``; :mod:`sslax.paths`). A checkpoint
+is complete only once every process has written its part: orbax commits it (renames the
+temporary folder, or on GCS writes ``commit_success.txt``) after all processes reach a barrier.
+On restart, a step folder that was never committed (a process died or was preempted while
+saving) is moved aside to ``WORKDIR/checkpoints_incomplete/`` with a note, never restored.
+
+:meth:`Checkpoints.restore_newest` then walks the committed steps from the newest down. A step
 whose files cannot be read (a truncated or corrupted write) is moved aside to
 ``WORKDIR/checkpoints_unreadable/`` with a warning and the next older one is tried. A step
 written by an incompatible config (other model or shapes) stops the run with a message naming
@@ -18,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pathlib
 import re
 import sys
 import tempfile
@@ -28,7 +33,10 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
+
+from sslax import paths
 
 
 class IncompatibleCheckpoint(ValueError):
@@ -125,13 +133,71 @@ def _quiet_aborted_reads(drain_s: float = 0.5):
             sys.stderr.flush()
 
 
+def _free_name(folder: epath.Path, name: str) -> epath.Path:
+    """``folder/name``, or ``folder/name.1``, ``.2``, ... if that is taken."""
+    target, suffix = folder / name, 0
+    while target.exists():
+        suffix += 1
+        target = folder / f"{name}.{suffix}"
+    return target
+
+
 class Checkpoints:
     """An orbax CheckpointManager (async, atomic, keeps the newest ``max_to_keep``) plus meta."""
 
-    def __init__(self, directory: pathlib.Path, *, max_to_keep: int = 3):
-        self.directory = pathlib.Path(directory).resolve()  # orbax wants absolute paths
+    def __init__(self, directory, *, max_to_keep: int = 3):
+        self.directory = paths.resolve(directory)  # orbax wants absolute paths
         self._max_to_keep = max_to_keep
         self.manager = self._open()
+
+    def resume_hint(self) -> str:
+        """Where a relaunch resumes: the newest step that every process finished writing.
+
+        Read from storage, so it holds for a run that another process was saving when it died.
+        """
+        try:
+            steps = ocp.step.checkpoint_steps(paths.fresh(self.directory))
+        except Exception as e:  # noqa: BLE001 - the hint must never fail the caller
+            return f"could not list {self.directory} ({type(e).__name__}); relaunch to resume"
+        if not steps:
+            return (
+                f"no checkpoint in {self.directory} was finished by every process; a relaunch "
+                "starts from step 0"
+            )
+        return (
+            f"the newest checkpoint every process finished is step {max(steps)} in "
+            f"{self.directory}; relaunch every process with the same flags to resume from it"
+        )
+
+    def set_aside_incomplete(self) -> list[int]:
+        """Moves step folders that were never committed to ``checkpoints_incomplete/``.
+
+        Every process calls it; process 0 moves, the others wait. Returns the steps moved.
+        """
+        moved = []
+        if jax.process_index() == 0 and paths.fresh(self.directory).exists():
+            committed = set(ocp.step.checkpoint_steps(self.directory))
+            aside = self.directory.parent / f"{self.directory.name}_incomplete"
+            for entry in sorted(self.directory.iterdir()):
+                try:
+                    step = ocp.step.step_from_checkpoint_name(entry.name)
+                except ValueError:
+                    continue  # not a step folder
+                if step in committed and entry.name == str(step):
+                    continue
+                target = _free_name(aside, entry.name)
+                print(
+                    f"note: the checkpoint of step {step} was not finished by every process "
+                    f"(the run stopped while saving it); moved it to {target}",
+                    flush=True,
+                )
+                paths.move(entry, target)
+                moved.append(step)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("sslax_set_aside_incomplete")
+        if moved:
+            self.manager.reload()
+        return moved
 
     def _open(self) -> ocp.CheckpointManager:
         return ocp.CheckpointManager(
@@ -162,6 +228,8 @@ class Checkpoints:
         config whose state differs from ``target``'s (nothing is changed on disk then).
         """
         signature = state_signature(target)
+        if not read_only:
+            self.set_aside_incomplete()
         for step in reversed(self.steps()):
             try:
                 with _quiet_aborted_reads():
@@ -203,13 +271,7 @@ class Checkpoints:
             print(message, flush=True)
         else:
             print(message, flush=True)
-            aside.mkdir(exist_ok=True)
-            target = aside / str(step)
-            suffix = 0
-            while target.exists():
-                suffix += 1
-                target = aside / f"{step}.{suffix}"
-            (self.directory / str(step)).rename(target)
+            paths.move(self.directory / str(step), _free_name(aside, str(step)))
         if jax.process_count() > 1 and not read_only:
             multihost_utils.sync_global_devices(f"sslax_set_aside_{step}")
         # A failed read leaves orbax's background machinery unusable (later saves would be

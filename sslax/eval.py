@@ -452,14 +452,16 @@ def evaluate_checkpoint(
     the randomly initialised network and the checkpoint (:func:`factor_scores`).
     """
     import json
-    import pathlib
 
     from ml_collections import ConfigDict
 
-    from sslax import checkpointing, parallel, train
+    from sslax import checkpointing, parallel, paths, train
     from sslax.data import pipeline
 
-    workdir = pathlib.Path(workdir)
+    try:
+        workdir = paths.resolve(workdir)
+    except ValueError as e:
+        raise EvalError(e) from None
     config_path, checkpoint_dir = workdir / "config.json", workdir / "checkpoints"
     if not config_path.is_file() or not checkpoint_dir.is_dir():
         raise EvalError(f"{workdir} is not a training workdir (no config.json or checkpoints/)")
@@ -554,7 +556,7 @@ def evaluate_checkpoint(
             per_set, truth, k=config.knn_k, temperature=config.knn_temperature
         )
     if jax.process_index() == 0:
-        (workdir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
+        paths.write_text(workdir / "eval.json", json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -603,12 +605,11 @@ def format_table(results: dict) -> str:
 def _use_tuned_xla_flags_for(workdir: str) -> None:
     """sslax.runtime's XLA:CPU flags for the run's model, before any JAX computation."""
     import json
-    import pathlib
 
-    from sslax import runtime
+    from sslax import paths, runtime
 
     try:
-        model = json.loads((pathlib.Path(workdir) / "config.json").read_text()).get("model")
+        model = json.loads((paths.resolve(workdir) / "config.json").read_text()).get("model")
     except (OSError, ValueError, AttributeError):
         model = None  # evaluate_checkpoint reports the unreadable workdir
     runtime.use_tuned_xla_flags(model)

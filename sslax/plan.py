@@ -758,7 +758,9 @@ def make_plan(config, topology: Topology | str, *, hlo_path: pathlib.Path | None
     plan["collective_ops"] = largest_collectives(ops)
     plan["collectives_in_loops"] = sum(op["in_loop"] for op in ops)
     if hlo_path is not None and text:
-        hlo_path.write_text(text)
+        from sslax import paths
+
+        paths.write_text(hlo_path, text)
     plan["versions"] = _versions(topology.platform)
     return plan
 
@@ -921,19 +923,21 @@ def main(argv: list[str], config_flag, topology_flag, out_flag, hlo_flag) -> Non
     from sslax import configs
 
     logging.set_verbosity(logging.WARNING)
-    out = pathlib.Path(out_flag.value)
+    from sslax import paths
+
     try:
+        out = paths.resolve(out_flag.value)
         out.mkdir(parents=True, exist_ok=True)
         plan = make_plan(
             config, topology, hlo_path=out / "train_step.hlo.txt" if hlo_flag.value else None
         )
     except (configs.ConfigError, PlanError) as e:
         _fail(e)
-    except OSError as e:
-        _fail(f"cannot write to --out={out}: {e}")
+    except (OSError, ValueError) as e:
+        _fail(f"cannot write to --out={out_flag.value}: {e}")
     except Exception as e:  # the compiler failed for a reason of its own
         _fail(f"compiling for {topology.name} failed: {type(e).__name__}: {_first_line(e)}", 1)
-    (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    paths.write_text(out / "plan.json", json.dumps(plan, indent=2) + "\n")
     print(summary(plan))
     print(f"\nwritten to {out / 'plan.json'}")
 

@@ -1,4 +1,5 @@
-"""The SimCLR Table B.1 sweep file and the SLURM / TPU pod launchers, without SLURM or gcloud.
+"""The SimCLR Table B.1 sweep file and the SLURM / TPU pod / local launchers, without SLURM or
+gcloud.
 
 The launchers run here against stand-ins: a fake ``srun`` that runs the command once per task
 with SLURM's per-task variables, a fake ``gcloud`` that runs the ``--command`` it is given
@@ -6,6 +7,7 @@ through ``sh`` as a worker's login shell would, and a fake ``python`` for ``-m s
 that prints its arguments. That checks the quoting end to end, not the clusters themselves.
 """
 
+import datetime
 import importlib.util
 import json
 import math
@@ -25,6 +27,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SWEEP = REPO / "experiments" / "simclr_table_b1.py"
 SLURM = REPO / "launch" / "slurm.sbatch"
 TPU_POD = REPO / "launch" / "tpu_pod.sh"
+LOCAL_SH = REPO / "launch" / "local.sh"
 REFERENCES = [REPO.parent / "shared" / "REFERENCES.md", REPO / "shared" / "REFERENCES.md"]
 
 
@@ -39,14 +42,20 @@ def load_module(path: pathlib.Path):
 sweep = load_module(SWEEP)
 
 
+# The launchers' settings that the caller's environment must not leak into a test.
+LAUNCH_ENV = ("SSLAX_BUCKET", "SHARED_WORKDIR", "SSLAX_LOG_DIR", "LOG_DIR", "SWEEP", "SWEEP_ROOT")
+
+
 def run(args, *, env=None, cwd=REPO, check=False):
+    """The command with os.environ, less LAUNCH_ENV, updated by env (None: unset)."""
+    environment = {**os.environ, **dict.fromkeys(LAUNCH_ENV), **(env or {})}
     return subprocess.run(
         [str(a) for a in args],
         capture_output=True,
         stdin=subprocess.DEVNULL,
         text=True,
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in environment.items() if v is not None},
         timeout=120,
         check=check,
     )
@@ -221,7 +230,7 @@ def test_collect_refuses_a_missing_root(tmp_path):
 # the launchers
 
 
-@pytest.mark.parametrize("script", [SLURM, TPU_POD])
+@pytest.mark.parametrize("script", [SLURM, TPU_POD, LOCAL_SH], ids=lambda p: p.name)
 def test_shell_scripts_parse(script):
     run(["bash", "-n", script], check=True)
     if shutil.which("shellcheck"):
@@ -324,8 +333,10 @@ def test_slurm_array_task_runs_its_sweep_cell(slurm_env, tmp_path):
     assert result.returncode == 0, result.stderr
     assert args_of(result.stdout)[0] == [
         "--distributed=on",
-        "--config=experiments/configs/simclr_imagenet.py:"
-        "batch_size=8192,epochs=800,lr_scaling=sqrt",
+        (
+            "--config=experiments/configs/simclr_imagenet.py:"
+            "batch_size=8192,epochs=800,lr_scaling=sqrt"
+        ),
         f"--workdir={tmp_path}/sweep root/b8192-e800-sqrt",
         "--config.log_every=10",
     ]
@@ -354,15 +365,16 @@ def test_slurm_refuses_a_bad_sweep(slurm_env, env, message):
 
 def test_tpu_pod_dry_run_prints_the_gcloud_command():
     result = run(
-        [TPU_POD, "name", "zone", "--", "--config.x=1"], env={"DRY_RUN": "1", "SETUP": "0"}
+        [TPU_POD, "name", "zone", "--", "--config.x=1", "--workdir=gs://b/run"],
+        env={"DRY_RUN": "1", "SETUP": "0"},
     )
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
     assert line.startswith("gcloud compute tpus tpu-vm ssh name --zone=zone --worker=all ")
-    assert "--distributed=on --config.x=1" in line
+    assert "--distributed=on --config.x=1 --workdir=gs://b/run" in line
 
     setup = run(
-        [TPU_POD, "name", "zone", "--project=p", "--", "--config.x=1"],
+        [TPU_POD, "name", "zone", "--project=p", "--", "--config.x=1", "--workdir=gs://b/r"],
         env={"DRY_RUN": "1", "SSLAX_REPO": "https://example.com/sslax.git", "SSLAX_REF": "v1"},
     )
     assert setup.returncode == 0, setup.stderr
@@ -382,6 +394,19 @@ def test_tpu_pod_dry_run_prints_the_gcloud_command():
         (["name", "zone", "--config.x=1"], {}, "unknown argument '--config.x=1'"),
         (["name", "--zone=z", "--", "--config.x=1"], {}, "bad ZONE"),
         (["name", "zone", "--sweep=experiments/simclr_table_b1.py"], {}, "go together"),
+        (["name", "zone", "--", "--workdir"], {}, "--workdir needs a value"),
+        (
+            [
+                "name",
+                "zone",
+                "--sweep=experiments/simclr_table_b1.py",
+                "--root=gs://b/r",
+                "--",
+                "--workdir=gs://b/w",
+            ],
+            {},
+            "--workdir with --sweep",
+        ),
         (["name", "zone", "--sweep=nowhere.py", "--root=r"], {}, "no sweep file"),
         (
             ["name", "zone", "--sweep=experiments/simclr_table_b1.py", "--root=r"],
@@ -403,7 +428,10 @@ def test_tpu_pod_without_a_repository_to_clone_says_so(tmp_path):
     (copy / "launch").mkdir(parents=True)
     shutil.copy(TPU_POD, copy / "launch")
     run(["git", "init", "-q", copy], check=True)
-    result = run([copy / "launch" / "tpu_pod.sh", "n", "z", "--", "--x"], env={"DRY_RUN": "1"})
+    result = run(
+        [copy / "launch" / "tpu_pod.sh", "n", "z", "--", "--x", "--workdir=gs://b/r"],
+        env={"DRY_RUN": "1"},
+    )
     assert result.returncode == 2 and "set SSLAX_REPO" in result.stderr
 
 
@@ -421,9 +449,9 @@ def worker(tmp_path):
 def test_tpu_pod_runs_the_flags_on_the_worker_exactly(worker):
     flags = [
         "--config=experiments/configs/simclr_imagenet.py:batch_size=256",
-        "--workdir=/a b/c'd$x",
+        "--workdir=/a b/c'd$x",  # a shared mount, said so by SHARED_WORKDIR=1
     ]
-    result = run([TPU_POD, "name", "zone", "--", *flags], env=worker)
+    result = run([TPU_POD, "name", "zone", "--", *flags], env={**worker, "SHARED_WORKDIR": "1"})
     assert result.returncode == 0, result.stderr
     assert "gcloud-arg --worker=all" in result.stdout
     host = run(["hostname"], check=True).stdout.strip()
@@ -435,19 +463,30 @@ def test_tpu_pod_runs_the_flags_on_the_worker_exactly(worker):
 
 
 def test_tpu_pod_reports_a_failed_run(worker):
-    result = run([TPU_POD, "name", "zone", "--", "--x"], env={**worker, "FAKE_TRAIN_RC": "3"})
+    result = run(
+        [TPU_POD, "name", "zone", "--", "--x", "--workdir=gs://b/r"],
+        env={**worker, "FAKE_TRAIN_RC": "3"},
+    )
     assert result.returncode != 0
 
 
 def test_tpu_pod_sweep_runs_the_cells_one_after_another(worker):
     result = run(
-        [TPU_POD, "n", "z", "--sweep=experiments/simclr_table_b1.py", "--root=/r", "--", "--y=1"],
+        [
+            TPU_POD,
+            "n",
+            "z",
+            "--sweep=experiments/simclr_table_b1.py",
+            "--root=gs://bucket/r",
+            "--",
+            "--y=1",
+        ],
         env={**worker, "START": "45"},
     )
     assert result.returncode == 0, result.stderr
     runs = args_of(re.sub(r"(?m)^\[[^]]+\] ", "", result.stdout))  # the [HOSTNAME] prefixes
     assert [[a for a in args if a.startswith("--workdir")] for args in runs] == [
-        [f"--workdir=/r/{c.name}"] for c in sweep.CELLS[45:]
+        [f"--workdir=gs://bucket/r/{c.name}"] for c in sweep.CELLS[45:]
     ]
     assert all(args[-1] == "--y=1" for args in runs)
     assert result.stderr.count("== cell") == 3
@@ -459,8 +498,165 @@ def test_tpu_pod_setup_script_is_valid_bash(tmp_path):
         tmp_path / "bin", gcloud=FAKE_GCLOUD, bash='#!/bin/sh\nexec /bin/bash -n "$@"\n'
     )
     result = run(
-        ["/bin/bash", TPU_POD, "name", "zone", "--", "--x"],  # not the fake bash
+        ["/bin/bash", TPU_POD, "name", "zone", "--", "--x", "--workdir=gs://b/r"],  # real bash
         env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "SSLAX_REPO": "r", "SSLAX_REF": "v1"},
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("gcloud-arg --worker=all") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# gs:// workdirs
+
+
+def test_tpu_pod_makes_a_gs_workdir_from_sslax_bucket(worker):
+    before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    result = run(
+        [TPU_POD, "n", "z", "--", "--config", "experiments/configs/simclr_imagenet.py:x=1"],
+        env={**worker, "SSLAX_BUCKET": "gs://my-bucket/team/"},
+    )
+    assert result.returncode == 0, result.stderr
+    ((*flags, workdir),) = args_of(re.sub(r"(?m)^\[[^]]+\] ", "", result.stdout))
+    assert flags == ["--distributed=on", "--config", "experiments/configs/simclr_imagenet.py:x=1"]
+    match = re.fullmatch(
+        r"--workdir=gs://my-bucket/team/runs/simclr_imagenet-(\d{8}-\d{6})", workdir
+    )
+    assert match, workdir
+    made = datetime.datetime.strptime(match[1], "%Y%m%d-%H%M%S").replace(tzinfo=datetime.UTC)
+    assert before <= made <= datetime.datetime.now(datetime.UTC)  # UTC
+    # Said before the run, with how to resume it.
+    assert f"to resume, run again with {workdir}" in result.stderr
+
+
+def test_tpu_pod_default_workdir_names_the_default_config():
+    result = run(
+        [TPU_POD, "n", "z", "--", "--config.x=1"],
+        env={"DRY_RUN": "1", "SETUP": "0", "SSLAX_BUCKET": "b"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(r" --workdir=gs://b/runs/simclr-\d{8}-\d{6}\)", result.stdout)
+
+
+def test_tpu_pod_keeps_a_given_gs_workdir():
+    result = run(
+        [TPU_POD, "n", "z", "--", "--workdir", "gs://b/mine", "--config.x=1"],
+        env={"DRY_RUN": "1", "SETUP": "0", "SSLAX_BUCKET": "other"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--workdir gs://b/mine --config.x=1)" in result.stdout
+    assert result.stdout.count("workdir") == 1 and result.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (
+            ["--", "--config.x=1"],
+            {},
+            "no --workdir: give --workdir=gs://BUCKET/PATH, or set SSLAX_BUCKET=BUCKET",
+        ),
+        (["--", "--config.x=1"], {"SSLAX_BUCKET": "gs://"}, "no --workdir"),
+        (["--", "--workdir=/mnt/run"], {}, "--workdir '/mnt/run' is not on gs://"),
+        (["--", "--workdir", "runs/x"], {}, "--workdir 'runs/x' is not on gs://"),
+        (["--", "--workdir=gs:///x"], {}, "--workdir 'gs:///x' is not on gs://"),
+        (
+            ["--sweep=experiments/simclr_table_b1.py", "--root=/shared/b1"],
+            {},
+            "--root '/shared/b1' is not on gs://",
+        ),
+        (
+            ["--", "--workdir=runs/x"],
+            {"SHARED_WORKDIR": "1"},
+            "--workdir 'runs/x' must be an absolute path on the mount every worker shares",
+        ),
+    ],
+)
+def test_tpu_pod_refuses_a_workdir_the_workers_do_not_share(args, env, message):
+    result = run([TPU_POD, "n", "z", *args], env={"DRY_RUN": "1", "SETUP": "0", **env})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"tpu_pod.sh: error: {message}")
+    assert len(result.stderr.splitlines()) == 1
+    if "not on gs://" in message:
+        assert "each worker would write its own local disk" in result.stderr
+        assert "SHARED_WORKDIR=1" in result.stderr
+    assert result.stdout == ""  # no gcloud command
+
+
+def test_tpu_pod_takes_a_shared_mount_when_told(worker):
+    result = run(
+        [TPU_POD, "n", "z", "--sweep=experiments/simclr_table_b1.py", "--root=/shared/b1"],
+        env={**worker, "START": "47", "SHARED_WORKDIR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"arg --workdir=/shared/b1/{sweep.CELLS[47].name}\n" in result.stdout
+
+
+def test_slurm_passes_a_gs_workdir_through_and_logs_locally(slurm_env, tmp_path):
+    submit = tmp_path / "submit"
+    submit.mkdir()
+    env = {**slurm_env, "SSLAX_DIR": str(submit), "SSLAX_LOG_DIR": None}
+    result = run(["bash", SLURM, "--workdir=gs://b/runs/x"], env=env, cwd=submit)
+    assert result.returncode == 0, result.stderr
+    assert args_of(result.stdout) == [["--distributed=on", "--workdir=gs://b/runs/x"]] * 2
+    assert f"srun --output={submit}/logs/slurm/%x-%j-%t.log" in result.stdout
+    assert [p.name for p in submit.iterdir()] == ["logs"]  # no local "gs:" folder
+
+    sweep_run = run(
+        ["bash", SLURM],
+        env={
+            **slurm_env,
+            "SWEEP": str(SWEEP),
+            "SWEEP_ROOT": "gs://b/b1",
+            "SLURM_ARRAY_TASK_ID": "0",
+        },
+    )
+    assert sweep_run.returncode == 0, sweep_run.stderr
+    assert args_of(sweep_run.stdout)[0][-1] == f"--workdir=gs://b/b1/{sweep.CELLS[0].name}"
+
+
+def test_slurm_refuses_a_gs_log_dir(slurm_env):
+    result = run(
+        ["bash", SLURM, "--workdir=gs://b/x"], env={**slurm_env, "SSLAX_LOG_DIR": "gs://b/logs"}
+    )
+    assert result.returncode == 2
+    assert "SSLAX_LOG_DIR must be a directory on the cluster" in result.stderr
+    assert "arg " not in result.stdout
+
+
+@pytest.fixture
+def local_python(tmp_path):
+    """PYTHON for local.sh: the fake one, which prints its sslax.train arguments."""
+    return str(make_bin(tmp_path / "bin", python=FAKE_PYTHON) / "python")
+
+
+def test_local_sh_with_a_gs_workdir_logs_here(tmp_path, local_python):
+    cwd = tmp_path / "here"
+    cwd.mkdir()
+    result = run(
+        [LOCAL_SH, "2", "--", "--workdir=gs://bucket/runs/two/", "--config.x=1"],
+        env={"PYTHON": local_python, "PORT": "1"},
+        cwd=cwd,
+    )
+    assert result.returncode == 0, result.stderr
+    (log_dir,) = (cwd / "runs" / "logs").iterdir()
+    assert re.fullmatch(r"two-\d{8}-\d{6}", log_dir.name)
+    assert f"logs in runs/logs/{log_dir.name}" in result.stderr
+    assert sorted(p.name for p in log_dir.iterdir()) == ["process_0.log", "process_1.log"]
+    for i in range(2):
+        ((workdir, *rest),) = args_of((log_dir / f"process_{i}.log").read_text())
+        assert workdir == "--workdir=gs://bucket/runs/two/" and f"--process_id={i}" in rest
+    assert [p.name for p in cwd.iterdir()] == ["runs"]  # no "gs:" folder
+
+
+def test_local_sh_log_dir_is_local(tmp_path, local_python):
+    env = {"PYTHON": local_python, "PORT": "1"}
+    given = run(
+        [LOCAL_SH, "1", "--", "--workdir=gs://b/w"],
+        env={**env, "LOG_DIR": str(tmp_path / "logs")},
+        cwd=tmp_path,
+    )
+    assert given.returncode == 0, given.stderr
+    assert (tmp_path / "logs" / "process_0.log").exists()
+    refused = run([LOCAL_SH, "1", "--"], env={**env, "LOG_DIR": "gs://b/logs"}, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr == "local.sh: LOG_DIR must be a local directory, not gs://b/logs\n"

@@ -16,7 +16,7 @@ and the device's augmentation, made by the same functions as training (the metho
 from __future__ import annotations
 
 import functools
-import pathlib
+import io
 
 import numpy as np
 
@@ -91,7 +91,7 @@ def picture(views: dict[str, np.ndarray], views_per_image: dict[int, int], rows:
 
 
 def main(argv, config_flag, batches_flag, out_flag) -> None:
-    from sslax import cli, configs, methods, runtime
+    from sslax import cli, configs, methods, paths, runtime
     from sslax.data import pipeline
 
     if len(argv) > 1:
@@ -113,12 +113,17 @@ def main(argv, config_flag, batches_flag, out_flag) -> None:
         views = preview(config, batches_flag.value)
     except pipeline.DatasetError as e:
         cli.fail(COMMAND, e)
-    out = pathlib.Path(out_flag.value)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "views.npz", **views)
     recipe = methods.get(config.method).make(config).recipe
     per_image = {s: sum(v.size == s for v in recipe.views) for s in recipe.sizes}
-    picture(views, per_image, PICTURE_ROWS).save(out / "views.png")
+    arrays, image = io.BytesIO(), io.BytesIO()
+    np.savez(arrays, **views)
+    picture(views, per_image, PICTURE_ROWS).save(image, format="PNG")
+    try:
+        out = paths.resolve(out_flag.value)
+        paths.write_bytes(out / "views.npz", arrays.getvalue())
+        paths.write_bytes(out / "views.png", image.getvalue())
+    except (OSError, ValueError) as e:
+        cli.fail(COMMAND, f"cannot write to --out={out_flag.value}: {e}")
     counts = ", ".join(f"{len(views[f'views_{s}'])} of {s} px" for s in per_image)
     print(f"{batches_flag.value} batch(es) of {config.batch_size}: {counts} views")
     print(f"written to {out / 'views.npz'} and {out / 'views.png'}")
