@@ -18,7 +18,7 @@ prints ours beside the paper's, rows batch and columns epochs as in the paper, e
 "linear / sqrt"; it uses ``linear_top1`` and, for runs that have none, ``knn_top1`` marked
 ``k`` (a kNN number, not comparable to the paper's linear evaluation), and ``-`` for cells
 without results.json. It also writes the collected numbers to ``ROOT/table_b1.json`` (or
-``--json=PATH``); a gs:// root is read through ``etils.epath`` (needs gcsfs or TensorFlow).
+``--json=PATH``); a gs:// root is read through ``sslax.paths`` (etils.epath over gcsfs).
 
 Cost. Every (batch, scaling) pair runs 100 + 200 + 400 + 800 = 1,500 epochs, so the table is
 18,000 ImageNet epochs, 2.3e10 images of two 224 px views each; the longest cell is 800 epochs
@@ -36,7 +36,7 @@ Fanning it out (ROOT must be visible to every host of a run; see launch/):
         sbatch --array=0-47%4 --nodes=4 launch/slurm.sbatch
     # A TPU pod slice: the cells one after another on every worker
     launch/tpu_pod.sh my-pod us-central2-b --sweep=experiments/simclr_table_b1.py \\
-        --root=/mnt/shared/table_b1
+        --root=gs://my-bucket/runs/table_b1
     # One machine, one cell after another
     for i in $(seq 0 47); do
       eval "python -m sslax.train $(python experiments/simclr_table_b1.py flags $i --root=R)"
@@ -112,23 +112,17 @@ CELLS = tuple(Cell(b, e, s) for b in BATCH_SIZES for e in EPOCHS for s in LR_SCA
 
 
 def _read_text(path: str) -> str | None:
-    """The file's text, or None when it does not exist. Remote paths (gs://...) via etils."""
-    if "://" in path:
-        from etils import epath  # orbax's dependency; gs:// also needs gcsfs or TensorFlow
+    """The file's text, or None when it does not exist; local or gs:// (sslax.paths)."""
+    from sslax import paths  # here: `list` and `flags` run where sslax is not installed
 
-        p = epath.Path(path)
-        return p.read_text() if p.exists() else None
-    p = pathlib.Path(path)
+    p = paths.resolve(path)
     return p.read_text() if p.exists() else None
 
 
 def _write_text(path: str, text: str) -> None:
-    if "://" in path:
-        from etils import epath
+    from sslax import paths
 
-        epath.Path(path).write_text(text)
-    else:
-        pathlib.Path(path).write_text(text)
+    paths.write_text(paths.resolve(path), text)
 
 
 def collect(root: str) -> list[dict]:

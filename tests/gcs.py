@@ -10,7 +10,9 @@ Every client sslax writes or reads ``gs://`` with is pointed at it through its o
 - gcsfs (``etils.epath`` on ``gs://``, hence metrics, results, the folder dataset's bytes) and
   google-cloud-storage (orbax's bucket checks): ``STORAGE_EMULATOR_HOST``;
 - tensorstore (orbax's array writes and reads): ``TENSORSTORE_GCS_HTTP_URL``, with
-  ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` so that it asks no metadata server for credentials.
+  ``GOOGLE_AUTH_TOKEN_FOR_TESTING`` so that it asks no metadata server for credentials;
+- array_record's C++ reader (TFDS records, through Google's C++ storage client):
+  ``CLOUD_STORAGE_EMULATOR_ENDPOINT``.
 
 ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` keeps gcsfs from asking the Storage Control API (which
 the emulator lacks) whether a bucket has a hierarchical namespace.
@@ -42,6 +44,7 @@ def client_env(endpoint: str) -> dict[str, str]:
         "STORAGE_EMULATOR_HOST": endpoint,
         "TENSORSTORE_GCS_HTTP_URL": endpoint,
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint,
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         "GOOGLE_CLOUD_PROJECT": "sslax-test",
     }
@@ -88,7 +91,8 @@ def emulator(log_path, bucket: str = BUCKET):
             server.wait()
 
 
-def _forget_file_systems() -> None:
+def forget_file_systems() -> None:
+    """Drops the gcsfs instances of this process and epath's, so new ones read the env."""
     import gcsfs
     from etils.epath import backend
 
@@ -106,11 +110,11 @@ def environment(env: dict[str, str]):
     """
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    _forget_file_systems()
+    forget_file_systems()
     try:
         yield
     finally:
-        _forget_file_systems()
+        forget_file_systems()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

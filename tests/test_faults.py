@@ -158,12 +158,15 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, d
     try:
         _wait_for_step(logs[0], 5, processes)
         processes[1].send_signal(signal.SIGTERM)
+        signalled = time.time()
         returncodes = [p.wait(timeout=120) for p in processes]
+        waited = time.time() - signalled
     finally:
         for p in processes:
             if p.poll() is None:
                 p.kill()
     assert returncodes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    assert waited < 60, waited
     synced = [
         set(re.findall(r"Reached preemption sync point, step=(\d+)", log.read_text()))
         for log in logs
@@ -172,6 +175,28 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, d
     saved = int(re.search(r"preempted: saved the checkpoint at step (\d+)", logs[0].read_text())[1])
     assert {int(s) for s in synced[0]} == {saved}
     assert [p.name for p in (workdir / "checkpoints").iterdir()] == [str(saved)]
+
+    # The next launch of both resumes there.
+    flags = [
+        *[f for f in flags if not f.startswith(("--config.total_steps", "--coordinator"))],
+        f"--config.total_steps={saved + 2}",
+        f"--coordinator_address=127.0.0.1:{free_port()}",
+    ]
+    logs = [tmp_path / f"relaunch_{i}.log" for i in range(2)]
+    processes = [
+        _start([*flags, f"--process_id={i}"], data_dir, logs[i], JAX_NUM_CPU_DEVICES="2")
+        for i in range(2)
+    ]
+    try:
+        returncodes = [p.wait(timeout=300) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    assert returncodes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    output = logs[0].read_text()
+    assert f"resuming from the checkpoint at step {saved} in" in output
+    assert f"step {saved + 2}/{saved + 2}" in output
 
 
 def test_truncated_newest_checkpoint_is_set_aside_and_the_previous_restored(

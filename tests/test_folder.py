@@ -87,3 +87,15 @@ def test_an_evaluation_class_missing_from_training_is_one_line(tmp_path):
 def test_a_missing_folder_is_one_line(tmp_path):
     with pytest.raises(folder.FolderError, match="does not exist"):
         folder.index_split(tmp_path / "nowhere", "train")
+
+
+def test_an_index_is_listed_again_on_demand(tmp_path, monkeypatch):
+    root = photos.folder(tmp_path / "data", {"train": 2})
+    folder.index_split(root, "train")
+    walked = []
+    real = folder._index
+    monkeypatch.setattr(folder, "_index", lambda *a: walked.append(1) or real(*a))
+    folder.index_split(root, "train")
+    assert walked == []
+    monkeypatch.setenv(folder.REFRESH_ENV, "1")
+    assert len(folder.index_split(root, "train")) == 6 and walked == [1]

@@ -184,3 +184,28 @@ def _committed(directory):
         return ocp.step.checkpoint_steps(paths.fresh(directory))
     except OSError:
         return []
+
+
+@pytest.mark.slow  # two commands, ~25 s
+def test_plan_and_preview_write_to_gcs(gcs_env, data_dir):
+    env = {**os.environ, **gcs_env, "SSLAX_DATA_DIR": data_dir, "JAX_PLATFORMS": "cpu"}
+    tiny = [f for f in TINY if f.startswith(("--config.batch_size", "--config.image_size"))]
+    out = f"gs://{gcs.BUCKET}/commands"
+    for command, flags in (
+        ("sslax.plan", ["--topology=cpu:1", f"--out={out}/plan", *tiny]),
+        ("sslax.data.preview", [f"--out={out}/preview", *tiny]),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", command, *flags],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+    plan = json.loads(paths.fresh(epath.Path(out) / "plan" / "plan.json").read_text())
+    assert plan["num_devices"] == 1
+    views = epath.Path(out) / "preview"
+    assert {p.name for p in views.iterdir()} == {"views.npz", "views.png"}
+    with (views / "views.npz").open("rb") as f:
+        assert np.load(f)["views_16"].shape[1:] == (16, 16, 3)

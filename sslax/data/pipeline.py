@@ -3,7 +3,9 @@
 Dataset names: ``"shapes"`` (built in, see :mod:`sslax.data.shapes`), ``"folder:PATH"`` (the
 ImageFolder convention ``PATH/<split>/<class>/<image>``, see :mod:`sslax.data.folder`), or
 ``"tfds:NAME"`` for any prepared TFDS image dataset (``tfds:cifar10``, ``tfds:imagenet2012``...),
-read with ``tfds.data_source`` from ArrayRecord files: no TensorFlow needed to read.
+read with ``tfds.data_source`` from ArrayRecord files: no TensorFlow needed to read. A folder's
+PATH and a TFDS ``data_dir`` may be on object storage, ``gs://BUCKET/...`` (see
+:mod:`sslax.data.folder` and :func:`check_tfds_data_dir`).
 
 Training batches are addressed by step: the global batch of step t holds examples
 ``t*B .. t*B+B-1`` of a seeded, per-epoch reshuffled order, and process p of P reads only its
@@ -150,8 +152,7 @@ class _FolderReader:
 
     def record(self, index: int) -> tuple[bytes, int]:
         try:
-            with open(self.split.path(index), "rb") as f:
-                data = f.read()
+            data = self.split.read(index)  # a local file, or an object on gs:// (one GET)
         except OSError:  # unreadable: handled as a bad image (skipped and counted)
             data = b""
         return data, int(self.split.labels[index])
@@ -229,6 +230,62 @@ def _tfds_encoded(name: str, split: str, data_dir, eval_image) -> EncodedImages:
     return EncodedImages(name, len(undecoded), reader, eval_image)
 
 
+# The first array_record whose reader opens gs:// paths (riegeli's GcsReader); older ones open
+# local files only.
+ARRAY_RECORD_READS_GCS = (0, 8, 3)
+
+
+def check_tfds_data_dir(data_dir: str | None) -> None:
+    """Raises DatasetError, in one line, where TFDS's records in a gs:// data_dir cannot be read.
+
+    TFDS reads a ``gs://`` data_dir's metadata through etils.epath (gcsfs; without TensorFlow)
+    and the records with array_record's C++ reader, which opens ``gs://`` (from 0.8.3) with
+    Google's C++ storage client. That client takes Application Default Credentials only (no
+    anonymous fallback, unlike gcsfs), retries a missing metadata server for 15 minutes
+    rather than failing, and finds an emulator through ``CLOUD_STORAGE_EMULATOR_ENDPOINT``,
+    not gcsfs's ``STORAGE_EMULATOR_HOST``. These are checked here, before any record is read.
+    """
+    where = data_dir or os.environ.get("TFDS_DATA_DIR", "")
+    if not where.startswith("gs://"):
+        return
+    import re
+    from importlib import metadata
+
+    version = metadata.version("array_record")
+    if tuple(int(part) for part in re.findall(r"\d+", version)[:3]) < ARRAY_RECORD_READS_GCS:
+        raise DatasetError(
+            f"TFDS data_dir {where}: array_record {version} reads ArrayRecord files from local "
+            "disk only; gs:// needs array_record>="
+            + ".".join(map(str, ARRAY_RECORD_READS_GCS))
+            + " (pip install -U array_record), or copy the dataset to a local data_dir"
+        )
+    if os.environ.get("CLOUD_STORAGE_EMULATOR_ENDPOINT"):
+        return
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        raise DatasetError(
+            f"TFDS data_dir {where}: STORAGE_EMULATOR_HOST points gcsfs (TFDS's metadata) at "
+            f"{os.environ['STORAGE_EMULATOR_HOST']}, but array_record's GCS client (the records) "
+            "reads CLOUD_STORAGE_EMULATOR_ENDPOINT, which is not set: set it to the same endpoint"
+        )
+    import warnings
+
+    import google.auth
+    import google.auth.exceptions
+
+    try:
+        with warnings.catch_warnings():  # user credentials without a quota project: fine here
+            warnings.simplefilter("ignore")
+            google.auth.default()
+    except google.auth.exceptions.DefaultCredentialsError as e:
+        why = " ".join(str(e).split())[:200]
+        raise DatasetError(
+            f"TFDS data_dir {where}: array_record reads gs:// records with Google's C++ storage "
+            f"client, which needs Application Default Credentials and finds none ({why}); run "
+            "`gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or run "
+            "on a Google Cloud VM (without credentials it would retry for 15 minutes)"
+        ) from None
+
+
 def check_dataset_name(name: str) -> None:
     """Raises DatasetError for a name that cannot refer to any dataset. Loads nothing."""
     if name == BUILTIN:
@@ -299,6 +356,7 @@ def get_source(
     import tensorflow_datasets as tfds
 
     tfds_name = name[len(TFDS_PREFIX) :]
+    check_tfds_data_dir(data_dir)
     try:
         source = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types for "not prepared"; all mean the same here
