@@ -161,6 +161,32 @@ def test_photos_are_cropped_on_the_host_the_same_in_worker_processes(photo_folde
     assert sorted(np.concatenate([b["label"] for b in threads[:2]])) == [0] * 4 + [1] * 4 + [2] * 4
 
 
+def test_a_remote_folder_fetches_a_batch_concurrently_with_the_same_result(photo_folder):
+    import threading
+
+    source = pipeline.get_source(photo_folder, "train", image_size=16)
+    local = _photo_batches(source, end_step=1)
+    # The same files, read as if from object storage: the 6 reads of a batch can only pass a
+    # barrier of 6 if they are in flight at once.
+    reader = source._reader
+    barrier = threading.Barrier(6, timeout=30)
+
+    class Remote:
+        remote = True
+
+        def record(self, index):
+            barrier.wait()
+            return reader.record(index)
+
+        def describe(self, index):
+            return reader.describe(index)
+
+    source._reader = Remote()
+    remote = _photo_batches(source, end_step=1)
+    for key in local[0]:
+        np.testing.assert_array_equal(local[0][key], remote[0][key])
+
+
 def test_photos_need_crops(photo_folder):
     source = pipeline.get_source(photo_folder, "train", image_size=16)
     with pytest.raises(ValueError, match="needs crops"):

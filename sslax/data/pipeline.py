@@ -29,6 +29,7 @@ Two kinds of source:
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import os
@@ -48,6 +49,9 @@ HOST_FIELDS = ("label", "skipped", "bad_files")
 # A record that does not decode is replaced by the next one; this many failing in a row means
 # the data, not a file, is broken.
 MAX_CONSECUTIVE_BAD = 64
+# Object-storage reads in flight per batch-making process: a GET costs tens of milliseconds of
+# latency and little CPU, so they overlap.
+FETCH_THREADS = 32
 
 
 class DatasetError(ValueError):
@@ -136,6 +140,16 @@ class EncodedImages:
     def record(self, index: int) -> tuple[bytes, int]:
         return self._reader.record(index)
 
+    def records(self, indices) -> dict[int, tuple[bytes, int]]:
+        """Records ``indices`` fetched together where each read is a request to object storage
+        (up to ``FETCH_THREADS`` at once, where one at a time would wait out each request's
+        latency); ``{}`` for local files, read one by one as they are decoded."""
+        if not getattr(self._reader, "remote", False):
+            return {}
+        indices = list(dict.fromkeys(int(i) for i in indices))
+        with concurrent.futures.ThreadPoolExecutor(min(FETCH_THREADS, len(indices))) as pool:
+            return dict(zip(indices, pool.map(self._reader.record, indices)))
+
     def describe(self, index: int) -> str:
         return self._reader.describe(index)
 
@@ -150,6 +164,10 @@ class _FolderReader:
 
     split: folder.FolderSplit
 
+    @property
+    def remote(self) -> bool:
+        return folder.is_url(self.split.root)
+
     def record(self, index: int) -> tuple[bytes, int]:
         try:
             data = self.split.read(index)  # a local file, or an object on gs:// (one GET)
@@ -161,17 +179,20 @@ class _FolderReader:
         return self.split.path(index)
 
 
-def decode_or_replace(source: EncodedImages, index: int, decode: Callable[[bytes], Any]):
+def decode_or_replace(
+    source: EncodedImages, index: int, decode: Callable[[bytes], Any], fetched=None
+):
     """``decode`` of the bytes of the first record of index, index + 1, ... that decodes.
 
     Returns (decoded, label of the record used, ``FILE<tab>why`` of each record skipped). The
     replacement depends only on the index; a run of bad records this long is an error.
+    ``fetched``: records already read (:meth:`EncodedImages.records`), by index.
     """
     n = len(source)
     bad = []
     for skipped in range(min(MAX_CONSECUTIVE_BAD, n)):
         record = (index + skipped) % n
-        data, label = source.record(record)
+        data, label = fetched[record] if fetched and record in fetched else source.record(record)
         try:
             return decode(data), label, bad
         except images.DecodeError as e:
@@ -430,12 +451,14 @@ class _LocalBatch:
         shapes = self.crops.shapes().items()
         batch = {key: np.empty((len(indices), *shape), np.uint8) for key, shape in shapes}
         labels, bad = [], []
+        fetched = self.source.records([self._order[int(i)] for i in indices])
         for row, i in enumerate(indices):
             slots = {key: batch[key][row] for key, _ in shapes}
             _, label, bad_files = decode_or_replace(
                 self.source,
                 self._order[int(i)],
                 lambda data: self.crops.write(data, int(i), slots),
+                fetched,
             )
             labels.append(label)
             bad.append(bad_files)
