@@ -11,7 +11,10 @@ Multi-host runs use JAX's own multi-controller runtime: every process runs the s
 its own devices, after :func:`initialize_distributed`. Each process reads only the rows of the
 global batch that its devices hold (:func:`local_batch_rows`) and :func:`global_batch` assembles
 the global array from them, so the batch at a step is the same images in the same order for any
-number of processes.
+number of processes. When a process dies, the others exit within the ``timeout_s`` of
+:func:`initialize_distributed` (at once when they are in a collective) with one line naming it
+and saying where a relaunch resumes (:func:`set_resume_hint`), and exit code
+:data:`LOST_PEER_EXIT_CODE` (75).
 
 >>> mesh = make_mesh([("data", -1)], devices=jax.devices()[:1])
 >>> dict(mesh.shape), batch_axes(mesh)
@@ -20,9 +23,14 @@ number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from typing import Any, Sequence
+import re
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
@@ -233,6 +241,7 @@ def initialize_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
     timeout_s: int = 100,
+    command: str = "sslax",
 ) -> bool:
     """Starts JAX's multi-controller runtime when this is a multi-process run. Returns whether.
 
@@ -242,8 +251,11 @@ def initialize_distributed(
 
     ``timeout_s`` bounds how long the others wait for a process that died or never came up: the
     coordination service's heartbeat timeout and its shutdown barrier. Without it a dead peer
-    would leave the survivors blocked in a collective.
+    would leave the survivors blocked in a collective. When the service reports a dead process
+    (or is itself gone), this process ends with one line and :data:`LOST_PEER_EXIT_CODE`,
+    naming itself ``command`` (see :func:`exit_for_lost_peer`).
     """
+    global _command
     if mode not in DISTRIBUTED_MODES:
         raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, got {mode!r}")
     explicit = [coordinator_address, num_processes, process_id]
@@ -262,12 +274,193 @@ def initialize_distributed(
             )
         if not any(given) and not _cluster_detected():
             return False
-    jax.distributed.initialize(
-        coordinator_address=coordinator_address,
-        num_processes=num_processes,
-        process_id=process_id,
-        initialization_timeout=timeout_s,
-        heartbeat_timeout_seconds=timeout_s,
-        shutdown_timeout_seconds=timeout_s,
-    )
+    _command = command
+    with _lost_peer_callback():
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+            initialization_timeout=timeout_s,
+            heartbeat_timeout_seconds=timeout_s,
+            shutdown_timeout_seconds=timeout_s,
+        )
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# A process that lost a peer: one line, a distinct exit code, at once.
+#
+# A SIGKILLed process closes its sockets, so a survivor inside a gloo collective gets an
+# exception at once (train.main turns it into the line, via lost_peer_reason). A survivor outside
+# a collective, or one whose coordinator (process 0) died, hears it from JAX's coordination
+# service instead, whose client by default ends the process with a native abort and stack dump.
+
+# Exit status of a process that stops because another process of its run is gone: sysexits'
+# EX_TEMPFAIL ("try again"), since relaunching every process resumes from the newest checkpoint.
+LOST_PEER_EXIT_CODE = 75
+DEFAULT_RESUME_HINT = (
+    "relaunch every process with the same flags to resume from the newest checkpoint"
+)
+# Errors that say another process of the run is gone: a gloo collective whose peer closed its
+# connections, or the coordination service reporting missed heartbeats or itself unreachable.
+_LOST_PEER = re.compile(
+    r"Gloo \S+ failed|Connection (reset|closed) by peer|heartbeat timeout|"
+    r"stopped sending heartbeats|Failed to send RPC to coordination service"
+)
+_LOST_TASK = re.compile(r"[Tt]ask (\d+) heartbeat timeout|stopped sending heartbeats\):\s*(\d+)")
+_command = "sslax"
+_resume_hint: Callable[[], str] | None = None
+_exiting = threading.Lock()
+_keep_alive: list = []  # ctypes callbacks must outlive the C++ code that holds them
+
+
+def set_resume_hint(hint: Callable[[], str]) -> None:
+    """``hint()`` says where a relaunch resumes, in the line of a process that lost a peer.
+
+    E.g. "the newest checkpoint every process finished is step 940 in gs://b/run/checkpoints;
+    relaunch every process with the same flags to resume from it". It is called when the line
+    is printed (given at most 10 s); without one the line says :data:`DEFAULT_RESUME_HINT`.
+    """
+    global _resume_hint
+    if not callable(hint):
+        raise TypeError(f"set_resume_hint needs a function () -> str, got {hint!r}")
+    _resume_hint = hint
+
+
+def lost_peer_reason(error: BaseException) -> str | None:
+    """The text of ``error``, or of an exception it came from, that says a peer is gone; or None.
+
+    Always None outside a multi-process run.
+    """
+    if _distributed_state().client is None:
+        return None
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if _LOST_PEER.search(str(error)):
+            return str(error)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def exit_for_lost_peer(reason: str) -> NoReturn:
+    """Ends this process at once with one line on stderr and :data:`LOST_PEER_EXIT_CODE`.
+
+    ``reason`` is the runtime's error text; the line names the lost process when it does (or
+    when there is only one other), and where a relaunch resumes (:func:`set_resume_hint`).
+    ``os._exit``, not ``sys.exit``: exit handlers would run JAX's shutdown barrier, which waits
+    for the dead process and then aborts with a native stack dump.
+    """
+    _exiting.acquire()  # a second caller (another thread) waits here for the first to end us
+    try:
+        state = _distributed_state()  # not jax.process_index(): no backend calls on this path
+        me, count = state.process_id, state.num_processes
+        match = _LOST_TASK.search(reason)
+        if match:
+            lost = f"process {match[1] or match[2]}"
+        elif count == 2:
+            lost = f"process {1 - me}"
+        elif "Failed to send RPC to coordination service" in reason:
+            lost = "process 0 (the coordinator)"
+        else:
+            lost = "another process"
+        detail = " ".join(reason.split())
+        detail = detail if len(detail) <= 240 else detail[:237] + "..."
+        print(
+            f"{_command}: error: {lost} of this {count}-process run is gone ({detail}), so "
+            f"process {me} stops too; {_resume_hint_text()}",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+    finally:
+        os._exit(LOST_PEER_EXIT_CODE)
+
+
+def _distributed_state():
+    from jax._src import distributed
+
+    return distributed.global_state
+
+
+def _resume_hint_text(timeout_s: float = 10.0) -> str:
+    """The hint, or the default if it fails or takes longer than ``timeout_s`` (storage)."""
+    if _resume_hint is None:
+        return DEFAULT_RESUME_HINT
+    result = []
+
+    def call():
+        # A broken hint must not keep the process alive: the default is said instead.
+        with contextlib.suppress(Exception):
+            result.append(" ".join(str(_resume_hint()).split()))
+
+    thread = threading.Thread(target=call, daemon=True, name="sslax-resume-hint")
+    thread.start()
+    thread.join(timeout_s)
+    return result[0] if result else DEFAULT_RESUME_HINT
+
+
+@contextlib.contextmanager
+def _lost_peer_callback():
+    """Within: JAX's client is made with ``missed_heartbeat_callback`` = the one-line exit.
+
+    jax.distributed.initialize passes no callback to the binding that takes one, so the client
+    would abort with a native stack dump. jaxlib 0.10.2's binding cannot hand the callback its
+    absl::Status (no Python type for it): the conversion throws std::bad_cast in the client's
+    thread and C++ calls std::terminate, so a terminate handler for exactly that exception makes
+    the exit (without the status). A jaxlib that converts the status calls the callback itself.
+    Without the private binding or libstdc++, JAX's default stays.
+    """
+    from jax._src import distributed
+
+    binding = distributed._jax
+    make_client = getattr(binding, "get_distributed_runtime_client", None)
+    if make_client is None or "missed_heartbeat_callback" not in (make_client.__doc__ or ""):
+        yield
+        return
+
+    def with_callback(*args, **kwargs):
+        if _keep_alive or _install_terminate_handler():
+            kwargs["missed_heartbeat_callback"] = lambda status: exit_for_lost_peer(str(status))
+        return make_client(*args, **kwargs)
+
+    binding.get_distributed_runtime_client = with_callback
+    try:
+        yield
+    finally:
+        binding.get_distributed_runtime_client = make_client
+
+
+def _install_terminate_handler() -> bool:
+    """std::terminate on std::bad_cast (the callback's status conversion) ends us in one line."""
+    import ctypes
+
+    try:
+        libstdcxx = ctypes.CDLL("libstdc++.so.6")
+        set_terminate = libstdcxx._ZSt13set_terminatePFvvE  # std::set_terminate
+        exception_type = libstdcxx.__cxa_current_exception_type
+    except (OSError, AttributeError):
+        return False
+    handler_type = ctypes.CFUNCTYPE(None)
+    set_terminate.restype, set_terminate.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    exception_type.restype = ctypes.c_void_p
+
+    def on_terminate():
+        info = exception_type()
+        # A std::type_info (Itanium C++ ABI): a vtable pointer, then the mangled name.
+        name = b""
+        if info:
+            name = ctypes.c_char_p.from_address(info + ctypes.sizeof(ctypes.c_void_p)).value
+        if b"bad_cast" in name or b"cast_error" in name:
+            unreachable = "" if _distributed_state().process_id == 0 else ", or is unreachable"
+            exit_for_lost_peer(
+                "JAX's coordination service reported a process that stopped sending "
+                f"heartbeats{unreachable}"
+            )
+        previous()  # any other exception: the usual report and abort
+
+    handler = handler_type(on_terminate)
+    previous_address = set_terminate(ctypes.cast(handler, ctypes.c_void_p))
+    previous = handler_type(previous_address) if previous_address else os.abort
+    _keep_alive.append(handler)
     return True

@@ -310,17 +310,32 @@ def _due(step: int, every: int, total_steps: int) -> bool:
 
 
 class _Logger:
-    """metrics.jsonl, TensorBoard and stdout; silent on every process but 0."""
+    """metrics.jsonl, TensorBoard and stdout; silent on every process but 0.
 
-    def __init__(self, workdir: pathlib.Path, active: bool, total_steps: int):
+    The files are written through a :class:`sslax.paths.Mirror`: into the workdir itself, or,
+    for a workdir on object storage, into a local staging folder copied up in the background
+    (at most every ``sync_every_s`` seconds, at every checkpoint and at the end).
+    """
+
+    def __init__(self, workdir, active: bool, total_steps: int, sync_every_s: float = 30.0):
         self.active = active
         self.total_steps = total_steps
         self.history: list[dict] = []
+        self._closed = False
         if active:
             from tensorboardX import SummaryWriter
 
-            self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - kept for the run
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            from sslax import paths
+
+            self.files = paths.Mirror(workdir, seed=("metrics.jsonl",), sync_every_s=sync_every_s)
+            local = self.files.local
+            self._jsonl = open(local / "metrics.jsonl", "a")  # noqa: SIM115 - kept for the run
+            self._tb = SummaryWriter(str(local / "tensorboard"))
+
+    def sync(self, force: bool = False) -> None:
+        """Copies the logs to a remote workdir when due (``force``: now, in the background)."""
+        if self.active:
+            self.files.sync(force=force)
 
     def write(self, step: int, metrics: dict[str, float]):
         record = {"step": step, **metrics}
@@ -332,6 +347,7 @@ class _Logger:
         for name, value in metrics.items():
             self._tb.add_scalar(name, value, step)
         self._tb.flush()
+        self.files.sync()
 
     def train(self, step: int, record: dict[str, float], eta_s: float):
         self.write(step, record)
@@ -356,9 +372,12 @@ class _Logger:
             print(*args, flush=True)
 
     def close(self):
-        if self.active:
+        """Closes the files and copies what is left to a remote workdir (idempotent)."""
+        if self.active and not self._closed:
+            self._closed = True
             self._jsonl.close()
             self._tb.close()
+            self.files.close()
 
 
 class DivergenceError(FloatingPointError):
@@ -579,11 +598,13 @@ class _Profiler:
     with its number. The trace ends once the last traced step has finished on the device.
     """
 
-    def __init__(self, profile_steps, first_step: int, workdir: pathlib.Path, log: _Logger):
+    def __init__(self, profile_steps, first_step: int, workdir, log: _Logger):
         start, stop = profile_steps or (0, 0)
         self._start, self._stop = max(start, first_step), stop
         self._enabled = log.active and self._start < self._stop
-        self._dir = workdir / "profile"
+        # Traced into the logs' folder (for a gs:// workdir, staging copied up with the logs).
+        self._dir = log.files.local / "profile" if self._enabled else None
+        self._shown = workdir / "profile"
         self._log = log
         self._tracing = False
 
@@ -608,9 +629,10 @@ class _Profiler:
 
             jax.block_until_ready(outputs)
             self.close()
+            self._log.sync(force=True)
             self._log.print(
-                f"profiled steps {self._start}..{self._stop} into {self._dir}: `tensorboard "
-                f"--logdir {self._dir}` (Profile tab), or its perfetto_trace.json.gz in "
+                f"profiled steps {self._start}..{self._stop} into {self._shown}: `tensorboard "
+                f"--logdir {self._shown}` (Profile tab), or its perfetto_trace.json.gz in "
                 "ui.perfetto.dev"
             )
 
@@ -628,13 +650,14 @@ class _Profiler:
 
 def train_and_evaluate(
     config,
-    workdir: str | pathlib.Path,
+    workdir,
     *,
     log_hook: Callable[[int, Any], dict[str, float]] | None = None,
 ) -> dict:
     """Pretrains ``config.method`` in ``workdir``, resuming from its newest checkpoint if any.
 
-    Runs on every device of every process, over the mesh ``config.mesh``. Returns the results
+    Runs on every device of every process, over the mesh ``config.mesh``. ``workdir`` is a
+    local folder or ``gs://BUCKET/PATH`` (:mod:`sslax.paths`). Returns the results
     dict also written to ``workdir/results.json``. ``log_hook(step, state)``, if given, runs at
     every log step on the state after that step (before it is donated to the next one) and
     returns extra host-side metrics for that step's record in ``metrics.jsonl``; experiments use
@@ -645,20 +668,24 @@ def train_and_evaluate(
     """
     import jax
 
-    from sslax import parallel
+    from sslax import parallel, paths
 
     validate_config(config, num_devices=jax.device_count())
+    try:
+        workdir = paths.resolve(workdir)
+    except ValueError as e:
+        raise ConfigError(f"--workdir: {e}") from None
     mesh = parallel.make_mesh(config.mesh)
     # The mesh in context lets a method's shard_map (SimCLR's chunked loss) find its axes.
     with jax.set_mesh(mesh):
-        return _train_and_evaluate(config, pathlib.Path(workdir).resolve(), mesh, log_hook)
+        return _train_and_evaluate(config, workdir, mesh, log_hook)
 
 
-def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
+def _train_and_evaluate(config, workdir, mesh, log_hook) -> dict:
     """Set-up, baselines, training and results; each a named piece below."""
     import jax
 
-    from sslax import checkpointing
+    from sslax import checkpointing, parallel, paths
     from sslax import eval as sslax_eval
 
     start_time = time.time()
@@ -669,84 +696,94 @@ def _train_and_evaluate(config, workdir: pathlib.Path, mesh, log_hook) -> dict:
 
     # Restore before writing anything: a workdir of another run is refused untouched.
     checkpoints = checkpointing.Checkpoints(workdir / "checkpoints", max_to_keep=3)
+    # What a process that loses a peer says before it exits (sslax.parallel).
+    parallel.set_resume_hint(checkpoints.resume_hint)
     restored = checkpoints.restore_newest(init_state, json.loads(config.to_json()))
     state = init_state if restored is None else restored[0]
     first_step = int(state.step)
     workdir.mkdir(parents=True, exist_ok=True)
     is_chief = jax.process_index() == 0
     if is_chief:
-        (workdir / "config.json").write_text(config.to_json(indent=2))
+        paths.write_text(workdir / "config.json", config.to_json(indent=2))
     log = _Logger(workdir, is_chief, config.total_steps)
-    if restored is not None:
-        log.print(f"resuming from the checkpoint at step {first_step} in {workdir}")
-    _note_clipped_warmups(config, log)
+    try:
+        if restored is not None:
+            log.print(f"resuming from the checkpoint at step {first_step} in {workdir}")
+        _note_clipped_warmups(config, log)
 
-    evaluator = sslax_eval.TrainingEvaluator(
-        config,
-        program.method.encode,
-        program.state_shardings,
-        mesh,
-        train_source,
-        test_source,
-        ema_encode=program.method.ema_encode,
-    )
-    t = time.time()
-    raw_pixels = evaluator.raw_pixels()
-    baselines = {
-        "knn_top1_raw_pixels": raw_pixels["knn_top1"],
-        "linear_top1_raw_pixels": raw_pixels["linear_top1"],
-        **evaluator(init_state),
-    }
-    log.print(
-        f"random-init network: kNN top-1 {baselines['knn_top1']:.4f}; raw pixels: kNN top-1 "
-        f"{raw_pixels['knn_top1']:.4f}, linear top-1 {raw_pixels['linear_top1']:.4f} "
-        f"({time.time() - t:.0f}s)"
-    )
-
-    if first_step < config.total_steps:
-        batches = _InputFeed(config, program, train_source, first_step)
-        first_batch = next(batches)
-        t = time.time()
-        compiled = program.step.lower(state, first_batch, step_key).compile()
-        compile_s = time.time() - t
-        log.print(
-            f"compiled the train step in {compile_s:.1f}s; training steps "
-            f"{first_step}..{config.total_steps} at batch {config.batch_size} on "
-            f"{jax.device_count()} device(s) of {jax.process_count()} process(es), mesh "
-            f"{dict(mesh.shape)}"
+        evaluator = sslax_eval.TrainingEvaluator(
+            config,
+            program.method.encode,
+            program.state_shardings,
+            mesh,
+            train_source,
+            test_source,
+            ema_encode=program.method.ema_encode,
         )
-        last_saved = first_step if restored is not None else None
-        saver = _Saver(checkpoints, config, program.state_shapes, workdir, last_saved)
-        batches.put_back(first_batch)
-        try:
-            outcome = _train(
-                config,
-                state,
-                first_step,
-                batches,
-                lambda state, batch: compiled(state, batch, step_key),
-                _Hooks(log=log, saver=saver, evaluator=evaluator, log_hook=log_hook),
-                workdir,
+        t = time.time()
+        raw_pixels = evaluator.raw_pixels()
+        baselines = {
+            "knn_top1_raw_pixels": raw_pixels["knn_top1"],
+            "linear_top1_raw_pixels": raw_pixels["linear_top1"],
+            **evaluator(init_state),
+        }
+        log.print(
+            f"random-init network: kNN top-1 {baselines['knn_top1']:.4f}; raw pixels: kNN top-1 "
+            f"{raw_pixels['knn_top1']:.4f}, linear top-1 {raw_pixels['linear_top1']:.4f} "
+            f"({time.time() - t:.0f}s)"
+        )
+
+        if first_step < config.total_steps:
+            batches = _InputFeed(config, program, train_source, first_step)
+            first_batch = next(batches)
+            t = time.time()
+            compiled = program.step.lower(state, first_batch, step_key).compile()
+            compile_s = time.time() - t
+            log.print(
+                f"compiled the train step in {compile_s:.1f}s; training steps "
+                f"{first_step}..{config.total_steps} at batch {config.batch_size} on "
+                f"{jax.device_count()} device(s) of {jax.process_count()} process(es), mesh "
+                f"{dict(mesh.shape)}"
             )
-        finally:
-            batches.close()
-        outcome.compile_s = compile_s
-        if outcome.preempted:
-            checkpoints.close()
-            log.close()
-            return {"preempted_at_step": outcome.step, "workdir": str(workdir)}
-    else:
-        log.print(f"the checkpoint is already at step {first_step} >= total_steps; evaluating it")
-        outcome = _Outcome(state=state, step=first_step, evaluation=evaluator(state, linear=True))
-    checkpoints.wait_until_finished()
-    checkpoints.close()
-    results = _results(config, outcome, baselines, log.history, start_time, workdir)
-    if is_chief:
-        _plot(log.history, workdir / "curves.png")
-        (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log.close()
-    _print_summary(results, log)
-    return results
+            last_saved = first_step if restored is not None else None
+            saver = _Saver(checkpoints, config, program.state_shapes, workdir, last_saved)
+            batches.put_back(first_batch)
+            try:
+                outcome = _train(
+                    config,
+                    state,
+                    first_step,
+                    batches,
+                    lambda state, batch: compiled(state, batch, step_key),
+                    _Hooks(log=log, saver=saver, evaluator=evaluator, log_hook=log_hook),
+                    workdir,
+                )
+            finally:
+                batches.close()
+            outcome.compile_s = compile_s
+            if outcome.preempted:
+                checkpoints.close()
+                log.close()
+                return {"preempted_at_step": outcome.step, "workdir": str(workdir)}
+        else:
+            log.print(
+                f"the checkpoint is already at step {first_step} >= total_steps; evaluating it"
+            )
+            outcome = _Outcome(
+                state=state, step=first_step, evaluation=evaluator(state, linear=True)
+            )
+        checkpoints.wait_until_finished()
+        checkpoints.close()
+        results = _results(config, outcome, baselines, log.history, start_time, workdir)
+        if is_chief:
+            paths.write_bytes(workdir / "curves.png", _plot(log.history))
+            paths.write_text(workdir / "results.json", json.dumps(results, indent=2) + "\n")
+        log.close()
+        _print_summary(results, log)
+        return results
+
+    finally:
+        log.close()  # a run that fails still leaves its logs in the workdir
 
 
 def _sources(config):
@@ -842,6 +879,7 @@ def _train(
                 collapse.update(step, record["embedding_std"])
             if save_now:
                 saver.save(step, state)
+                log.sync(force=True)
             if preempted:
                 saver.wait()
                 log.print(
@@ -915,7 +953,10 @@ def _results(config, outcome: _Outcome, baselines, history, start_time, workdir)
     }
 
 
-def _plot(history: list[dict], path: pathlib.Path):
+def _plot(history: list[dict]) -> bytes:
+    """curves.png's bytes: each logged metric against the step."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -947,8 +988,10 @@ def _plot(history: list[dict], path: pathlib.Path):
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    return png.getvalue()
 
 
 def _print_summary(results: dict, log: _Logger):
@@ -1009,6 +1052,7 @@ def _start_distributed() -> None:
             num_processes=f.num_processes,
             process_id=f.process_id,
             timeout_s=f.distributed_timeout_s,
+            command="sslax.train",
         )
     except ValueError as e:
         _fail(e)
@@ -1046,7 +1090,7 @@ def main(argv: list[str], config_flag, workdir_flag) -> None:
         f"{config.method}-{config.dataset.replace(':', '_')}-"
         f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
-    from sslax import checkpointing
+    from sslax import checkpointing, parallel
     from sslax.data import pipeline
 
     try:
@@ -1057,6 +1101,13 @@ def main(argv: list[str], config_flag, workdir_flag) -> None:
         _fail(e)
     except DivergenceError as e:
         _fail(e, code=1)
+    except Exception as e:
+        # A collective or barrier failed because another process died: one line, no traceback,
+        # and exit at once (JAX's exit handler would wait for the dead process, then abort).
+        reason = parallel.lost_peer_reason(e)
+        if reason is None:
+            raise
+        parallel.exit_for_lost_peer(reason)
 
 
 def _define_distributed_flags() -> None:
@@ -1080,7 +1131,8 @@ def _define_distributed_flags() -> None:
     flags.DEFINE_integer(
         "distributed_timeout_s",
         100,
-        "Seconds before the others give up on a process that died or never started.",
+        "Seconds before the others give up on a process that died or never started; they exit "
+        "with code 75 and one line saying where a relaunch resumes.",
         lower_bound=1,
     )
 
