@@ -38,8 +38,17 @@ def test_a_short_run_is_bit_identical_to_the_run_recorded_before_the_loop_was_sp
         assert record.pop("skipped_images", 0) == 0
         ema = record.pop("knn_top1_ema", None)
         assert (ema is not None) == (name == "dino" and "linear_top1" in record), record
-    assert now["metrics"] == recorded["metrics"]
-    assert now["results"] == recorded["results"]
+    # effective_rank goes through XLA:CPU's SVD, whose last bits depend on the CPU: on an AMD
+    # EPYC the unchanged code of 794361a gives 5.936570168 at step 3 where the recording machine
+    # gave 5.936570644. It is compared to float32 rounding; everything else bit for bit.
+    for got, want in zip(
+        now["metrics"] + [now["results"]], recorded["metrics"] + [recorded["results"]]
+    ):
+        if "effective_rank" in want:
+            assert got.pop("effective_rank") == pytest.approx(want["effective_rank"], rel=1e-6)
+            want = {k: v for k, v in want.items() if k != "effective_rank"}
+        assert got == want
+    assert len(now["metrics"]) == len(recorded["metrics"])
     if extra:
         traces = list((tmp_path / name / "profile").glob("plugins/profile/*/*"))
         assert {p.name.split(".", 1)[1] for p in traces if "." in p.name} >= {
