@@ -166,6 +166,7 @@ def test_sigterm_to_one_of_two_processes_saves_the_same_step_on_both(tmp_path, d
             if p.poll() is None:
                 p.kill()
     assert returncodes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    print(f"SIGTERM to one process -> both exited in {waited:.1f} s")
     assert waited < 60, waited
     synced = [
         set(re.findall(r"Reached preemption sync point, step=(\d+)", log.read_text()))
