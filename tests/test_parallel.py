@@ -103,7 +103,9 @@ def test_one_step_on_eight_devices_equals_one_device(name):
         # The MoCo queue holds unit-norm keys: 1e-5 of their norm.
         atol = 1e-5 if where == ".queue" else 1e-6
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=atol, err_msg=f"{name}: {where}")
-    np.testing.assert_allclose(metrics_eight["loss"], metrics_one["loss"], rtol=1e-5)
+    # SimSiam's first loss is near 0 (-0.0064): 1e-5 of it is below float32 rounding of the sums
+    # it comes from (8.6e-8 apart on an AMD EPYC), hence the absolute term, as for the state.
+    np.testing.assert_allclose(metrics_eight["loss"], metrics_one["loss"], rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
